@@ -1,0 +1,36 @@
+# The two commands a newcomer runs (as root): `make demo` and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+export KUBECONFIG := /var/lib/tether-devcluster/admin.kubeconfig
+
+.PHONY: setup cluster demo test lint unit e2e down clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+cluster: setup
+	$(BIN)/devcluster up
+
+demo: cluster
+	@bash examples/shop/demo.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -m "not cluster" -q
+
+e2e: cluster
+	$(BIN)/pytest -m cluster -q
+
+test: cluster lint
+	$(BIN)/pytest -q
+	if [ -x ../shared/tools/leak-check ]; then python3 ../shared/tools/leak-check; fi
+
+down: setup
+	$(BIN)/devcluster down
+
+clean: down
+	rm -rf $(VENV)

@@ -1,0 +1,122 @@
+"""`devcluster up | down | status | images | env`."""
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from devcluster import cluster, images, layout
+from devcluster.errors import DevclusterError
+
+
+def find_project(start: Path) -> Path | None:
+    """The tether checkout containing `start` (or this package's own checkout), if any."""
+    candidates = [start, *start.parents, *Path(__file__).resolve().parents]
+    for d in candidates:
+        if (d / "pyproject.toml").is_file() and (d / "src" / "tether").is_dir():
+            return d
+    return None
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise DevclusterError("devcluster needs root (run it with sudo)")
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log every command run.")
+def main(verbose: bool) -> None:
+    """A real single-node Kubernetes v1.20.2 for tether's tests and demo."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="devcluster: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@click.option(
+    "--project",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="tether checkout to build the agent image from (default: found from cwd).",
+)
+def up(project: Path | None) -> None:
+    """Build (first run), start or reuse the cluster; wait until the node is Ready."""
+    _guard(lambda: _up(project))
+
+
+def _up(project: Path | None) -> None:
+    _require_root()
+    took = cluster.up(project or find_project(Path.cwd()))
+    click.echo(f"devcluster ready in {took:.1f} s; kubeconfig: {layout.ADMIN_KUBECONFIG}", err=True)
+
+
+@main.command()
+@click.option("--purge", is_flag=True, help="Also delete etcd data, certificates and configs.")
+def down(purge: bool) -> None:
+    """Stop every process and remove netns, mounts, bridges, routes and iptables chains."""
+
+    def go() -> None:
+        _require_root()
+        cluster.down(purge=purge)
+        left = {k: v for k, v in cluster.leftovers().items() if v}
+        if left:
+            raise DevclusterError(f"down left things behind: {left}")
+        click.echo("devcluster down", err=True)
+
+    _guard(go)
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def status(output: str) -> None:
+    """Each component's PID and health; exit 1 unless all are healthy."""
+    st = cluster.status()
+    if output == "json":
+        click.echo(json.dumps([s.__dict__ for s in st], indent=2))
+    else:
+        for s in st:
+            state = "healthy" if s.healthy else ("running, unhealthy" if s.pid else "stopped")
+            click.echo(f"{s.name:<24} {state:<20} {'pid ' + str(s.pid) if s.pid else ''}")
+    sys.exit(0 if all(s.healthy for s in st) else 1)
+
+
+@main.command("images")
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None)
+def images_cmd(project: Path | None) -> None:
+    """Rebuild the tether agent image from the working tree and import it."""
+
+    def go() -> None:
+        _require_root()
+        proj = project or find_project(Path.cwd())
+        if proj is None:
+            raise DevclusterError("no tether checkout found: pass --project PATH")
+        images.build_base_images()
+        changed = images.build_agent_image(proj)
+        click.echo(f"{layout.AGENT_IMAGE} {'imported' if changed else 'up to date'}", err=True)
+
+    _guard(go)
+
+
+@main.command()
+def env() -> None:
+    """Print shell exports for using the cluster: eval "$(devcluster env)"."""
+    click.echo(f"export KUBECONFIG={layout.ADMIN_KUBECONFIG}")
+    click.echo(f"export PATH={layout.K8S_BIN}:$PATH")
+
+
+def _guard(fn: Callable[[], None]) -> None:
+    """Run `fn`, turning DevclusterError into a one-line message and exit status 1."""
+    try:
+        fn()
+    except DevclusterError as exc:
+        click.echo(f"devcluster: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("devcluster: interrupted", err=True)
+        sys.exit(130)

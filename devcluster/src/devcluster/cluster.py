@@ -1,0 +1,381 @@
+"""Bringing the devcluster up, down, and reporting on it.
+
+`up` is idempotent: a healthy cluster is reused as is. Anything less (a component gone, e.g.
+after every process was killed) is recovered by a clean restart: our remaining processes are
+ended by PID, stale mounts, network namespaces and IPAM leases are removed, then everything
+starts again on the same etcd data, certificates and imported images.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from devcluster import build, components, images, install, layout, network, pki
+from devcluster.errors import DevclusterError
+from devcluster.procs import Daemon, pids_of_exe
+from devcluster.shell import run
+
+log = logging.getLogger("devcluster")
+
+ORDER = (
+    "etcd",
+    "containerd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "cluster-dns",
+)
+SHIM = "/usr/bin/containerd-shim-runc-v2"
+_STALE_MOUNT_ROOTS = (
+    str(layout.CONTAINERD_STATE) + "/",
+    str(layout.KUBELET_ROOT / "pods") + "/",
+    str(layout.CONTAINERD_ROOT / "io.containerd.grpc.v1.cri") + "/",
+    "/run/netns/cni-",
+    "/var/run/netns/cni-",
+)
+
+
+def daemons() -> list[Daemon]:
+    """Every daemon in start order."""
+    return [Daemon(name) for name in ORDER]
+
+
+def _component(name: str) -> components.Component:
+    factories: dict[str, Callable[[], components.Component]] = {
+        "etcd": components.etcd,
+        "containerd": components.containerd,
+        "kube-apiserver": components.apiserver,
+        "kube-controller-manager": components.controller_manager,
+        "kube-scheduler": components.scheduler,
+        "kubelet": components.kubelet,
+        "kube-proxy": components.kube_proxy,
+        "cluster-dns": lambda: components.dns(sys.executable),
+    }
+    return factories[name]()
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, daemon: Daemon | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if daemon is not None and daemon.pid() is None:
+            raise DevclusterError(f"{daemon.name} exited: {daemon.log_tail()} ({daemon.logfile})")
+        time.sleep(0.25)
+    hint = f" (see {daemon.logfile})" if daemon else ""
+    raise DevclusterError(f"{what} not ready after {timeout:.0f} s{hint}")
+
+
+def _api_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(layout.PKI / "ca.crt"))
+    ctx.load_cert_chain(str(layout.PKI / "admin.crt"), str(layout.PKI / "admin.key"))
+    return ctx
+
+
+def api_get(path: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    """GET `path` from the API server as the admin; (status, body), status 0 if unreachable."""
+    url = f"https://{layout.NODE_IP}:{layout.API_PORT}{path}"
+    try:
+        with urllib.request.urlopen(url, context=_api_context(), timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, ssl.SSLError):
+        return 0, b""
+
+
+def _etcd_healthy() -> bool:
+    try:
+        url = f"http://127.0.0.1:{layout.ETCD_PORT}/health"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(json.loads(resp.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
+def _containerd_healthy() -> bool:
+    proc = subprocess.run(["ctr", "--timeout", "2s", "version"], capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+def _apiserver_healthy() -> bool:
+    return api_get("/readyz")[0] == 200
+
+
+def node_ready() -> bool:
+    """Whether the node is registered and Ready."""
+    status, body = api_get(f"/api/v1/nodes/{layout.NODE_NAME}")
+    if status != 200:
+        return False
+    conditions = json.loads(body).get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _default_sa_exists() -> bool:
+    return api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+
+
+def _dns_answers() -> bool:
+    from dnslib import RCODE, DNSRecord
+
+    try:
+        reply = DNSRecord.parse(
+            DNSRecord.question(f"kubernetes.default.svc.{layout.CLUSTER_DOMAIN}").send(
+                str(layout.NODE_IP), layout.DNS_PORT, timeout=1.0
+            )
+        )
+    except OSError:
+        return False
+    return bool(reply.header.rcode == RCODE.NOERROR and reply.rr)
+
+
+HEALTH: dict[str, Callable[[], bool]] = {
+    "etcd": _etcd_healthy,
+    "containerd": _containerd_healthy,
+    "kube-apiserver": _apiserver_healthy,
+    "kubelet": node_ready,
+    "cluster-dns": _dns_answers,
+}
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One line of `devcluster status`."""
+
+    name: str
+    pid: int | None
+    healthy: bool
+
+
+def status() -> list[ComponentStatus]:
+    """Each component's PID and health."""
+    result = []
+    for d in daemons():
+        pid = d.pid()
+        check = HEALTH.get(d.name)
+        healthy = pid is not None and (check() if check else True)
+        result.append(ComponentStatus(d.name, pid, healthy))
+    return result
+
+
+def _write_files(comp: components.Component) -> None:
+    for path, text in comp.files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _start(name: str, timeout: float = 60.0) -> None:
+    comp = _component(name)
+    _write_files(comp)
+    daemon = Daemon(name)
+    pid = daemon.start(comp.argv)
+    log.info("started %s (pid %d)", name, pid)
+    check = HEALTH.get(name)
+    if name == "kubelet":
+        check = None  # Ready needs kube-proxy and DNS too; waited for at the end.
+    if check is not None:
+        _wait(name, check, timeout, daemon)
+
+
+def _kubepods_pids() -> set[int]:
+    pids: set[int] = set()
+    for root in Path("/sys/fs/cgroup").glob("*/kubepods"):
+        for procs in root.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(x) for x in procs.read_text().split())
+    return pids
+
+
+def _shim_pids() -> list[int]:
+    ours = []
+    for pid in pids_of_exe(SHIM):
+        with contextlib.suppress(OSError):
+            if b"k8s.io" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                ours.append(pid)
+    return ours
+
+
+def _kill_workloads() -> None:
+    """SIGKILL every container process (they all live in kubepods cgroups) and our shims."""
+    for _ in range(50):
+        pids = _kubepods_pids() | set(_shim_pids())
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise DevclusterError(f"container processes survive SIGKILL: {sorted(_kubepods_pids())}")
+
+
+def stale_mounts() -> list[str]:
+    """Mount points the cluster's containers, pods and netns left behind."""
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(_STALE_MOUNT_ROOTS):
+                mounts.append(point)
+    return mounts
+
+
+def leftover_netns() -> list[str]:
+    """Pod network namespaces (CNI's `cni-*`) still present."""
+    found = []
+    for d in {Path("/run/netns"), layout.NETNS_DIR}:
+        if d.is_dir():
+            found += [str(p) for p in d.glob("cni-*")]
+    return sorted(set(found))
+
+
+def _cleanup_runtime() -> None:
+    _kill_workloads()
+    # Deepest first, lazily: a busy mount must not stop recovery.
+    for point in sorted(set(stale_mounts()), key=len, reverse=True):
+        run(["umount", "-l", point], check=False)
+    for ns in leftover_netns():
+        run(["ip", "netns", "delete", Path(ns).name], check=False)
+        with contextlib.suppress(OSError):
+            Path(ns).unlink()
+    # Release the dead pods' addresses but keep host-local's last_reserved_ip, so new pods get
+    # fresh addresses: Endpoints still naming an old pod IP must not reach a different pod.
+    leases = layout.CNI_STATE / "networks" / layout.CNI_NETWORK
+    if leases.is_dir():
+        for lease in leases.iterdir():
+            if network.in_guard(lease.name):
+                lease.unlink(missing_ok=True)
+    for result in (layout.CNI_STATE / "results").glob(f"{layout.CNI_NETWORK}-*"):
+        result.unlink(missing_ok=True)
+
+
+def _remove_kubepods_cgroups() -> None:
+    for root in Path("/sys/fs/cgroup").glob("*/kubepods"):
+        for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+
+def stop_all() -> None:
+    """End every daemon (reverse order) and every container, and clear runtime leftovers."""
+    for d in reversed(daemons()):
+        if d.pid() is not None:
+            log.info("stopping %s", d.name)
+        d.stop()
+    _cleanup_runtime()
+
+
+def _healthy_for_reuse() -> bool:
+    st = status()
+    return all(s.healthy for s in st)
+
+
+def _kubectl(*args: str, input: bytes | None = None) -> str:
+    env = {**os.environ, "KUBECONFIG": str(layout.ADMIN_KUBECONFIG)}
+    proc = run([str(layout.K8S_BIN / "kubectl"), *args], env=env, input=input, timeout=120)
+    return proc.stdout.decode()
+
+
+def _dns_addon() -> bytes:
+    # A selector-less Service whose Endpoints name the node's DNS server: the cluster DNS runs
+    # on the node (Debian has no CoreDNS), reached through kube-proxy like any Service.
+    ports = [
+        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": layout.DNS_PORT},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": layout.DNS_PORT},
+    ]
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns"},
+        },
+        "spec": {"clusterIP": str(layout.DNS_SERVICE_IP), "ports": ports},
+    }
+    eps = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "subsets": [
+            {
+                "addresses": [{"ip": str(layout.NODE_IP)}],
+                "ports": [
+                    {"name": p["name"], "port": layout.DNS_PORT, "protocol": p["protocol"]}
+                    for p in ports
+                ],
+            }
+        ],
+    }
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [svc, eps]}).encode()
+
+
+def up(project: Path | None) -> float:
+    """Bring the cluster up (or reuse it); return the seconds it took."""
+    t0 = time.monotonic()
+    install.ensure_packages(need_source=not build.cached())
+    build.ensure_binaries()
+    pki.ensure_pki()
+    if _healthy_for_reuse():
+        log.info("cluster already running and healthy: reusing it")
+    else:
+        stop_all()
+        network.setup()
+        layout.CNI_CONF_DIR.mkdir(parents=True, exist_ok=True)
+        (layout.CNI_CONF_DIR / "10-tdc-pods.conflist").write_text(
+            json.dumps(components.cni_config(), indent=2)
+        )
+        for name in ("etcd", "containerd"):
+            _start(name)
+        images.build_base_images()
+        _start("kube-apiserver", timeout=90)
+        _kubectl("apply", "-f", "-", input=_dns_addon())
+        for name in ORDER[3:]:
+            _start(name)
+        _wait("node", node_ready, 120, Daemon("kubelet"))
+        _wait("default service account", _default_sa_exists, 60, None)
+    # Guards again: kube-proxy inserts its own FORWARD rules on start; ours must stay first.
+    network.install_guards()
+    if project is not None:
+        images.build_agent_image(project)
+    return time.monotonic() - t0
+
+
+def down(purge: bool = False) -> None:
+    """Stop everything and remove netns, mounts, bridges, routes and chains."""
+    stop_all()
+    network.teardown()
+    _remove_kubepods_cgroups()
+    if purge:
+        import shutil
+
+        shutil.rmtree(layout.STATE, ignore_errors=True)
+
+
+def leftovers() -> dict[str, list[str]]:
+    """What `down` should have removed, if anything is still there."""
+    procs = [d.name for d in daemons() if d.pid() is not None]
+    procs += [f"shim {p}" for p in _shim_pids()]
+    procs += [f"container pid {p}" for p in sorted(_kubepods_pids())]
+    return {
+        "processes": procs,
+        "netns": leftover_netns(),
+        "mounts": stale_mounts(),
+        "links": network.leftover_links(),
+        "chains": network.leftover_chains(),
+        "routes": [str(layout.GUARD_NET)] if network.route_present() else [],
+    }
