@@ -51,6 +51,12 @@ def get(kind: str, name: str, namespace: str) -> dict[str, Any]:
     return dict(json.loads(kubectl("-n", namespace, "get", kind, name, "-o", "json")))
 
 
+def one_container(image: str, command: list[str], **extra: Any) -> dict[str, Any]:
+    """A pod spec with one container of a local image running `command`."""
+    container = {"name": "c", "image": image, "imagePullPolicy": "Never", "command": command}
+    return {"containers": [{**container, **extra}]}
+
+
 def run_pod(
     name: str, namespace: str, spec: dict[str, Any], timeout: float = 120
 ) -> tuple[str, str]:

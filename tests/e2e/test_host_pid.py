@@ -2,7 +2,7 @@
 
 import json
 
-from tests.e2e.kube import PYTHON_IMAGE, ready_pod, run_pod
+from tests.e2e.kube import PYTHON_IMAGE, one_container, ready_pod, run_pod
 
 FIND = """
 import json, os, pathlib
@@ -33,16 +33,12 @@ def test_hostpid_pod_reads_target_environ_and_root() -> None:
         {
             "hostPID": True,
             "nodeName": target["spec"]["nodeName"],
-            "containers": [
-                {
-                    "name": "c",
-                    "image": PYTHON_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["python3", "-c", FIND],
-                    "env": [{"name": "TARGET_CID", "value": cid}],
-                    "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}},
-                }
-            ],
+            **one_container(
+                PYTHON_IMAGE,
+                ["python3", "-c", FIND],
+                env=[{"name": "TARGET_CID", "value": cid}],
+                securityContext={"capabilities": {"add": ["SYS_PTRACE"]}},
+            ),
         },
     )
     assert phase == "Succeeded", logs

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.e2e.kube import BUSYBOX_IMAGE, PYTHON_IMAGE, get, ready_pod, run_pod
+from tests.e2e.kube import BUSYBOX_IMAGE, PYTHON_IMAGE, get, one_container, ready_pod, run_pod
 
 
 def test_shop_deployments_are_ready() -> None:
@@ -15,16 +15,9 @@ def test_frontend_answers_with_backend_through_services() -> None:
     phase, logs = run_pod(
         "t-client",
         "shop",
-        {
-            "containers": [
-                {
-                    "name": "c",
-                    "image": BUSYBOX_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["wget", "-qO-", "--header", "X-Trace: e2e", "http://frontend/"],
-                }
-            ]
-        },
+        one_container(
+            BUSYBOX_IMAGE, ["wget", "-qO-", "--header", "X-Trace: e2e", "http://frontend/"]
+        ),
     )
     assert phase == "Succeeded", logs
     answer = json.loads(logs)
@@ -53,16 +46,7 @@ def test_pod_resolves_services_by_short_and_long_names() -> None:
     phase, logs = run_pod(
         "t-resolve",
         "shop",
-        {
-            "containers": [
-                {
-                    "name": "c",
-                    "image": PYTHON_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["python3", "-c", RESOLVE],
-                }
-            ]
-        },
+        one_container(PYTHON_IMAGE, ["python3", "-c", RESOLVE]),
     )
     assert phase == "Succeeded", logs
     got = json.loads(logs)

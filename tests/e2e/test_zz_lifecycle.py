@@ -8,7 +8,14 @@ import time
 
 from devcluster import cluster, layout
 from devcluster.procs import Daemon, pids_of_exe
-from tests.e2e.kube import BUSYBOX_IMAGE, deploy_shop, devcluster, ready_pod, run_pod
+from tests.e2e.kube import (
+    BUSYBOX_IMAGE,
+    deploy_shop,
+    devcluster,
+    one_container,
+    ready_pod,
+    run_pod,
+)
 
 K8S_BINARIES = [str(layout.K8S_BIN / b) for b in ("kube-apiserver", "kubelet", "kube-proxy")]
 
@@ -36,16 +43,7 @@ def _frontend_answers(within: float = 120) -> dict[str, object]:
         phase, logs = run_pod(
             "t-after",
             "shop",
-            {
-                "containers": [
-                    {
-                        "name": "c",
-                        "image": BUSYBOX_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["wget", "-qO-", "http://frontend/"],
-                    }
-                ]
-            },
+            one_container(BUSYBOX_IMAGE, ["wget", "-qO-", "http://frontend/"]),
         )
         if phase == "Succeeded" or time.monotonic() > deadline:
             break

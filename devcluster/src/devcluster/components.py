@@ -145,55 +145,47 @@ def apiserver() -> Component:
     )
 
 
-def controller_manager() -> Component:
-    """kube-controller-manager, signing with the cluster CA."""
-    pki = layout.PKI
-    kubeconfig = layout.CONF / "controller-manager.kubeconfig"
+def _control_loop(name: str, kubeconfig: Path, *extra: str) -> Component:
+    """controller-manager and scheduler share their identity, binding and leader flags."""
     return Component(
-        "kube-controller-manager",
+        name,
         [
-            _bin("kube-controller-manager"),
+            _bin(name),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
             "--port=0",
             "--leader-elect=false",
-            "--use-service-account-credentials=true",
-            "--allocate-node-cidrs=false",
-            f"--service-cluster-ip-range={layout.SERVICE_CIDR}",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-            f"--cluster-signing-key-file={pki / 'ca.key'}",
             f"--feature-gates={FEATURE_GATES}",
-            "--controllers=*,-cloud-node-lifecycle",
             "--profiling=false",
             "--v=1",
+            *extra,
         ],
         {},
+    )
+
+
+def controller_manager() -> Component:
+    """kube-controller-manager, signing with the cluster CA."""
+    pki = layout.PKI
+    return _control_loop(
+        "kube-controller-manager",
+        layout.CONF / "controller-manager.kubeconfig",
+        "--use-service-account-credentials=true",
+        "--allocate-node-cidrs=false",
+        f"--service-cluster-ip-range={layout.SERVICE_CIDR}",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        f"--root-ca-file={pki / 'ca.crt'}",
+        f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+        f"--cluster-signing-key-file={pki / 'ca.key'}",
+        "--controllers=*,-cloud-node-lifecycle",
     )
 
 
 def scheduler() -> Component:
     """kube-scheduler."""
-    kubeconfig = layout.CONF / "scheduler.kubeconfig"
-    return Component(
-        "kube-scheduler",
-        [
-            _bin("kube-scheduler"),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            "--port=0",
-            "--leader-elect=false",
-            f"--feature-gates={FEATURE_GATES}",
-            "--profiling=false",
-            "--v=1",
-        ],
-        {},
-    )
+    return _control_loop("kube-scheduler", layout.CONF / "scheduler.kubeconfig")
 
 
 def kubelet_config() -> dict[str, Any]:
