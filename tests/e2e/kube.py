@@ -14,6 +14,7 @@ KUBECONFIG = STATE / "admin.kubeconfig"
 KUBECTL = Path("/var/cache/tether-devcluster/kubernetes/v1.20.2/bin/kubectl")
 PYTHON_IMAGE = "docker.io/tether-devcluster/python:3.11"
 BUSYBOX_IMAGE = "docker.io/tether-devcluster/busybox:1"
+AGENT_IMAGE = "docker.io/tether/agent:dev"
 
 
 def devcluster(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
