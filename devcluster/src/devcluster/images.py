@@ -5,6 +5,8 @@ directories assembled out of this machine's Debian files. Layers are cached by a
 what went into them, so only the tether layer is rebuilt from the working tree each time.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -14,7 +16,7 @@ import sys
 import tarfile
 import tempfile
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,6 +235,19 @@ def _image_id(layers: list[Layer], config: dict[str, object]) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def _image_lock() -> Iterator[None]:
+    """One image build/import at a time on this machine: concurrent `ctr images import` of
+    the same layers races in containerd's snapshotter ("parent snapshot does not exist")."""
+    layout.CACHE.mkdir(parents=True, exist_ok=True)
+    with open(layout.CACHE / "images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _import(image: str, layers: list[Layer], config: dict[str, object]) -> bool:
     """Import the image unless containerd already holds this exact one. True if imported."""
     layout.IMAGES.mkdir(parents=True, exist_ok=True)
@@ -277,6 +292,11 @@ def base_layers() -> dict[str, Layer]:
 
 def build_base_images() -> list[str]:
     """Build and import pause, busybox and python images; return the names imported now."""
+    with _image_lock():
+        return _build_base_images()
+
+
+def _build_base_images() -> list[str]:
     layers = base_layers()
     env = {"Env": [_PATH_ENV], "WorkingDir": "/"}
     imported = []
@@ -293,6 +313,11 @@ def build_base_images() -> list[str]:
 
 def build_agent_image(project: Path) -> bool:
     """Build tether's agent image from the working tree at `project`; True if re-imported."""
+    with _image_lock():
+        return _build_agent_image(project)
+
+
+def _build_agent_image(project: Path) -> bool:
     src = project / "src" / "tether"
     if not src.is_dir():
         raise DevclusterError(f"{project} is not a tether checkout (no src/tether)")

@@ -1,0 +1,125 @@
+"""Startup benchmark: from `tether port-forward` starting to the first byte through it, against
+the floor of doing the same by hand (create a trivial pod on that node, wait for it, first byte
+through a raw API-server port-forward). Median of N runs, interleaved. Target (issue 3): <= 1.2x.
+
+Run: .venv/bin/python -m bench.startup  (devcluster up first)
+"""
+
+import argparse
+import asyncio
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+
+from bench.common import (
+    AGENT_IMAGE,
+    HERE,
+    KUBECONFIG,
+    NAMESPACE,
+    PORT,
+    PYTHON_IMAGE,
+    Conn,
+    ensure_bench_server,
+    free_port,
+    kube,
+    kubectl,
+    median,
+    raw_stream,
+)
+
+POLL = 0.02
+
+
+async def floor_run(node: str) -> float:
+    """Seconds from creating a trivial pod to its first byte through a raw port-forward."""
+    name = f"floor-{secrets.token_hex(3)}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "c",
+                    "image": PYTHON_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", (HERE / "server.py").read_text()],
+                }
+            ],
+        },
+    }
+    kc = await kube()
+    try:
+        t0 = time.perf_counter()
+        await kc.core.create_namespaced_pod(NAMESPACE, pod)
+        while True:
+            p = await kc.core.read_namespaced_pod(name, NAMESPACE)
+            if p.status.phase == "Running":
+                break
+            await asyncio.sleep(POLL)
+        while True:
+            # The port opens a moment after the container starts: retry like a user would.
+            try:
+                conn = Conn(pf=await raw_stream(kc, name))
+                line = await asyncio.wait_for(conn.readline(), 2)
+                await conn.close()
+                if line == b"hi":
+                    return time.perf_counter() - t0
+            except Exception:
+                await asyncio.sleep(POLL)
+    finally:
+        await kc.core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+        await kc.close()
+
+
+def tether_run(pod: str) -> float:
+    """Seconds from starting `tether port-forward` to the first byte through it."""
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "tether", "port-forward", "-q", "--target", f"pod/{pod}",
+            "-n", NAMESPACE, "--agent-image", AGENT_IMAGE, "-L", f"{port}:127.0.0.1:{PORT}",
+        ],
+        env={"KUBECONFIG": KUBECONFIG, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    try:
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    if s.recv(3) == b"hi\n":
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(POLL)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main(runs: int) -> None:
+    pod = ensure_bench_server()
+    node = json.loads(kubectl("-n", NAMESPACE, "get", "pod", pod, "-o", "json"))["spec"]["nodeName"]
+    floors, tethers = [], []
+    for _ in range(runs):
+        floors.append(asyncio.run(floor_run(node)))
+        tethers.append(tether_run(pod))
+    f, t = median(floors), median(tethers)
+    print(f"startup to first byte, median of {runs}:")
+    for label, value, runs_ in (
+        ("floor (trivial pod + raw port-forward)", f, floors),
+        ("tether port-forward", t, tethers),
+    ):
+        print(f"  {label:<40} {value:.2f} s  runs {[round(x, 2) for x in runs_]}")
+    print(f"  ratio {t / f:.2f}x (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    main(parser.parse_args().runs)

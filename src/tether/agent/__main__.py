@@ -1,0 +1,45 @@
+"""`python3 -m tether.agent`: the agent's entry point inside its Job's pod."""
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from tether.agent.server import Agent
+from tether.agent.target import Target, TargetNotFound
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, find the target, serve; exit status 2 for bad input."""
+    parser = argparse.ArgumentParser(prog="tether-agent")
+    parser.add_argument("--port", type=int, default=47047)
+    parser.add_argument("--listen", default="127.0.0.1")
+    parser.add_argument("--idle-timeout", type=float, default=30.0)
+    parser.add_argument("--container-id", default=None, help="the target (omit for targetless)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    secret_hex = os.environ.pop("TETHER_SECRET", "")
+    try:
+        secret = bytes.fromhex(secret_hex)
+    except ValueError:
+        secret = b""
+    if len(secret) < 16:
+        print(
+            "tether-agent: TETHER_SECRET must hold at least 16 hex-encoded bytes", file=sys.stderr
+        )
+        return 2
+    try:
+        target = Target.find(args.container_id)
+    except (TargetNotFound, ValueError) as exc:
+        print(f"tether-agent: {exc}", file=sys.stderr)
+        return 2
+    agent = Agent(target, secret, args.idle_timeout)
+    asyncio.run(agent.serve(args.listen, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

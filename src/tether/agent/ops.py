@@ -1,0 +1,158 @@
+"""The agent's request operations, one handler per op name, per session.
+
+Each session gets its own RootFS so open file handles die with the session.
+"""
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+from tether.agent.environ import filter_env, read_environ
+from tether.agent.files import RootFS
+from tether.agent.resolver import PodResolver, ResolveError
+from tether.agent.target import Target
+from tether.protocol import MAX_PAYLOAD, RemoteError
+from tether.tunnel import RemoteOpError
+
+# A response must fit one frame together with msgpack's few bytes of framing.
+MAX_IO = MAX_PAYLOAD - 4096
+_FAMILIES = {0: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _str(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str):
+        raise RemoteOpError(RemoteError("EINVAL", f"argument {key!r} must be a string", 22))
+    return value
+
+
+def _int(args: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = args.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RemoteOpError(RemoteError("EINVAL", f"argument {key!r} must be an integer", 22))
+    return value
+
+
+def _globs(args: dict[str, Any], key: str, default: list[str]) -> list[str]:
+    value = args.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RemoteOpError(
+            RemoteError("EINVAL", f"argument {key!r} must be a list of strings", 22)
+        )
+    return value
+
+
+def resolve_error(exc: ResolveError) -> RemoteOpError:
+    """A resolver failure as the protocol error the local side maps to getaddrinfo codes."""
+    names = {
+        socket.EAI_NONAME: "EAI_NONAME",
+        socket.EAI_NODATA: "EAI_NODATA",
+        socket.EAI_AGAIN: "EAI_AGAIN",
+        socket.EAI_FAMILY: "EAI_FAMILY",
+        socket.EAI_ADDRFAMILY: "EAI_ADDRFAMILY",
+    }
+    code = names.get(exc.errno or 0, "EAI_FAIL")
+    message = exc.strerror or (exc.args[-1] if exc.args else "") or code
+    return RemoteOpError(RemoteError(code, str(message), exc.errno))
+
+
+class Operations:
+    """Request handlers for one session."""
+
+    def __init__(self, target: Target, resolver: PodResolver) -> None:
+        self.target = target
+        self.resolver = resolver
+        self.fs = RootFS(target.root)
+
+    def close(self) -> None:
+        """Release the session's open files."""
+        self.fs.close_all()
+
+    async def __call__(self, op: str, args: dict[str, Any]) -> Any:
+        """Dispatch `op`; unknown ops are ENOSYS."""
+        handler = getattr(self, "op_" + op.replace(".", "_"), None)
+        if handler is None:
+            raise RemoteOpError(RemoteError("ENOSYS", f"unknown operation {op!r}", 38))
+        return await handler(args)
+
+    async def op_env(self, args: dict[str, Any]) -> dict[str, Any]:
+        env = read_environ(self.target.pid)
+        include = _globs(args, "include", ["*"])
+        exclude = _globs(args, "exclude", [])
+        return {"env": filter_env(env, include, exclude)}
+
+    async def op_hostname(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            name = self.fs.resolve("/etc/hostname").read_text().strip()
+        except OSError:
+            name = ""
+        return {"hostname": name or os.uname().nodename}
+
+    async def op_resolve(self, args: dict[str, Any]) -> dict[str, Any]:
+        family = _FAMILIES.get(_int(args, "family", 0))
+        if family is None:
+            raise RemoteOpError(RemoteError("EAI_FAMILY", "family must be 0, 4 or 6", None))
+        try:
+            addresses = await self.resolver.resolve(_str(args, "name"), family)
+        except ResolveError as exc:
+            raise resolve_error(exc) from None
+        return {"addresses": addresses}
+
+    async def op_dns_query(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            records = await self.resolver.query(_str(args, "name"), _str(args, "rdtype"))
+        except ResolveError as exc:
+            raise resolve_error(exc) from None
+        return {"records": records}
+
+    async def op_fs_stat(self, args: dict[str, Any]) -> dict[str, Any]:
+        follow = bool(args.get("follow", True))
+        return await asyncio.to_thread(self.fs.stat, _str(args, "path"), follow)
+
+    async def op_fs_listdir(self, args: dict[str, Any]) -> list[tuple[str, int, int]]:
+        return await asyncio.to_thread(self.fs.listdir, _str(args, "path"))
+
+    async def op_fs_readlink(self, args: dict[str, Any]) -> str:
+        return self.fs.readlink(_str(args, "path"))
+
+    async def op_fs_access(self, args: dict[str, Any]) -> None:
+        self.fs.access(_str(args, "path"), _int(args, "mode", os.F_OK))
+
+    async def op_fs_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        handle = self.fs.open(
+            _str(args, "path"), _int(args, "flags", os.O_RDONLY), _int(args, "mode", 0o666)
+        )
+        return {"handle": handle, "stat": self.fs.fstat(handle)}
+
+    async def op_fs_read(self, args: dict[str, Any]) -> bytes:
+        size = min(_int(args, "size"), MAX_IO)
+        return await asyncio.to_thread(
+            self.fs.read, _int(args, "handle"), _int(args, "offset"), size
+        )
+
+    async def op_fs_write(self, args: dict[str, Any]) -> int:
+        data = args.get("data")
+        if not isinstance(data, bytes):
+            raise RemoteOpError(RemoteError("EINVAL", "argument 'data' must be bytes", 22))
+        return await asyncio.to_thread(
+            self.fs.write, _int(args, "handle"), _int(args, "offset", -1), data
+        )
+
+    async def op_fs_fstat(self, args: dict[str, Any]) -> dict[str, int]:
+        return self.fs.fstat(_int(args, "handle"))
+
+    async def op_fs_close(self, args: dict[str, Any]) -> None:
+        self.fs.close(_int(args, "handle"))
+
+    async def op_fs_unlink(self, args: dict[str, Any]) -> None:
+        self.fs.unlink(_str(args, "path"))
+
+    async def op_fs_mkdir(self, args: dict[str, Any]) -> None:
+        self.fs.mkdir(_str(args, "path"), _int(args, "mode", 0o777))
+
+    async def op_fs_rmdir(self, args: dict[str, Any]) -> None:
+        self.fs.rmdir(_str(args, "path"))
+
+    async def op_fs_rename(self, args: dict[str, Any]) -> None:
+        self.fs.rename(_str(args, "old"), _str(args, "new"))

@@ -1,0 +1,135 @@
+"""The agent's server: accepts tunnel connections on 127.0.0.1 inside its own pod (reachable
+only through the API server's port-forward), authenticates them with the session secret, and
+serves requests and streams inside the target's namespaces."""
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from tether import __version__
+from tether.agent.netns import NetnsExecutor
+from tether.agent.ops import Operations, resolve_error
+from tether.agent.resolver import PodResolver, ResolveError
+from tether.agent.target import Target
+from tether.protocol import Connection, Role
+from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
+
+log = logging.getLogger("tether.agent")
+
+CONNECT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0
+
+
+class Agent:
+    """Serves every session of one target until idle for `idle_timeout` seconds."""
+
+    def __init__(self, target: Target, secret: bytes, idle_timeout: float) -> None:
+        self.target = target
+        self.secret = secret
+        self.idle_timeout = idle_timeout
+        self.executor = NetnsExecutor(target.netns_path)
+        self.resolver = PodResolver(target.root, self.executor)
+        self.sessions: set[Tunnel] = set()
+        self._idle_since = time.monotonic()
+        self._stop = asyncio.Event()
+
+    async def serve(
+        self, host: str, port: int, on_ready: Callable[[int], None] | None = None
+    ) -> None:
+        """Listen, announce readiness (the log line, or `on_ready(port)`), run until idle or
+        signalled."""
+        server = await asyncio.start_server(self._accept, host, port)
+        loop = asyncio.get_running_loop()
+        if on_ready is None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+        bound = server.sockets[0].getsockname()[1]
+        if on_ready is not None:
+            on_ready(bound)
+        else:
+            # The CLI waits for exactly this line in the pod's log.
+            print(f"tether-agent ready port={bound} version={__version__}", flush=True)
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+                if self.sessions:
+                    continue
+                if time.monotonic() - self._idle_since >= self.idle_timeout:
+                    log.info("no client for %.0f s: exiting", self.idle_timeout)
+                    break
+        finally:
+            server.close()
+            for tunnel in list(self.sessions):
+                await tunnel.close("agent exiting")
+            self.executor.shutdown()
+
+    def stop(self) -> None:
+        """Ask `serve` to return (closing every session)."""
+        self._stop.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ops = Operations(self.target, self.resolver)
+        conn = Connection(
+            Role.AGENT, secret=self.secret, version=__version__, info={"pid": self.target.pid}
+        )
+        tunnel = Tunnel(
+            conn, StreamTransport(reader, writer), on_request=ops, on_stream=self._stream
+        )
+        try:
+            await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
+        except TunnelClosedError as exc:
+            log.warning("dropped a connection: %s", exc)
+            return
+        self.sessions.add(tunnel)
+        log.info("session connected (tether %s); %d active", conn.peer_version, len(self.sessions))
+        try:
+            why = await tunnel.wait_closed()
+            log.info("session ended: %s", why or "closed")
+        finally:
+            ops.close()
+            self.sessions.discard(tunnel)
+            if not self.sessions:
+                self._idle_since = time.monotonic()
+
+    async def _stream(self, stream: TunnelStream) -> None:
+        if stream.kind != "tcp":
+            stream.reset("EOPNOTSUPP", f"unsupported stream kind {stream.kind!r}", 95)
+            return
+        host = stream.params.get("host")
+        port = stream.params.get("port")
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+            stream.reset("EINVAL", "tcp stream needs host and port", 22)
+            return
+        try:
+            ip = await self._address(host)
+            sock = await self.executor.open_tcp(ip, port, CONNECT_TIMEOUT)
+        except ResolveError as exc:
+            err = resolve_error(exc).error
+            stream.reset(err.code, err.message, err.errno)
+            return
+        except OSError as exc:
+            code = _errno_name(exc.errno)
+            stream.reset(code, exc.strerror or str(exc), exc.errno)
+            return
+        reader, writer = await asyncio.open_connection(sock=sock)
+        stream.accept({"ip": ip, "port": port})
+        await stream.relay(reader, writer)
+
+    async def _address(self, host: str) -> str:
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(host))
+        addresses = await self.resolver.resolve(host, socket.AF_UNSPEC)
+        v4 = [a for a in addresses if ":" not in a]
+        return (v4 or addresses)[0]
+
+
+def _errno_name(number: int | None) -> str:
+    import errno
+
+    return errno.errorcode.get(number or 0, "EIO")

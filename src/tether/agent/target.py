@@ -1,0 +1,97 @@
+"""Find the target container's main process and the paths that lead into its namespaces."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# How each runtime names a container's cgroup directory (cgroupfs or systemd driver).
+# "crio-conmon-<id>.scope" holds CRI-O's monitor, not the container, so it is not listed.
+_CGROUP_PREFIXES = ("", "cri-containerd-", "crio-", "docker-", "libpod-", "containerd-")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class TargetNotFound(LookupError):  # noqa: N818 (the agent protocol's name)
+    """No process on this node belongs to the requested container."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The process whose namespaces the agent borrows; `pid=None` means targetless."""
+
+    pid: int | None
+
+    @property
+    def root(self) -> Path:
+        """The container's root filesystem as seen from the agent (`/` when targetless)."""
+        return Path("/") if self.pid is None else Path(f"/proc/{self.pid}/root")
+
+    @property
+    def netns_path(self) -> Path | None:
+        """The container's network namespace file, or None to stay in the agent's own."""
+        return None if self.pid is None else Path(f"/proc/{self.pid}/ns/net")
+
+    @classmethod
+    def find(cls, container_id: str | None, proc: Path = Path("/proc")) -> Target:
+        """The target for `container_id`, or a targetless one when it is None."""
+        if container_id is None:
+            return cls(None)
+        return cls(find_container_pid(container_id, proc))
+
+
+def _bare_id(container_id: str) -> str:
+    bare = container_id.rpartition("://")[2]
+    if not _ID_RE.fullmatch(bare):
+        raise ValueError(f"not a container ID: {container_id!r}")
+    return bare
+
+
+def _matches(cgroup_text: str, names: frozenset[str]) -> bool:
+    for line in cgroup_text.splitlines():
+        path = line.split(":", 2)[-1]
+        if not names.isdisjoint(path.split("/")):
+            return True
+    return False
+
+
+def _start_time(pid_dir: Path) -> int:
+    """Field 22 of /proc/PID/stat (clock ticks after boot); huge if unreadable."""
+    try:
+        stat = (pid_dir / "stat").read_text()
+        # The command name (field 2) may contain spaces and parentheses: split after the last ")".
+        return int(stat.rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return sys.maxsize
+
+
+def find_container_pid(container_id: str, proc: Path = Path("/proc")) -> int:
+    """PID (in `proc`'s PID namespace) of the main process of the container `container_id`.
+
+    `container_id` is "containerd://ID", "cri-o://ID", "docker://ID" or a bare ID. Every
+    process whose /proc/PID/cgroup names the container (cgroup v1 or v2, cgroupfs or systemd
+    driver) matches; the container's init is the one started first, lowest PID on a tie. Start
+    time rather than PID alone, because PIDs wrap and `kubectl exec` processes join the cgroup.
+    Raises TargetNotFound when no process matches, ValueError on a malformed ID.
+    """
+    bare = _bare_id(container_id)
+    names = frozenset(
+        name for prefix in _CGROUP_PREFIXES for name in (prefix + bare, f"{prefix}{bare}.scope")
+    )
+    matches: list[tuple[int, int]] = []
+    try:
+        entries = [int(p.name) for p in proc.iterdir() if p.name.isdigit()]
+    except OSError as e:
+        raise TargetNotFound(f"cannot list {proc}: {e.strerror}") from e
+    for pid in entries:
+        pid_dir = proc / str(pid)
+        try:
+            text = (pid_dir / "cgroup").read_text()
+        except OSError:  # the process exited while we scanned
+            continue
+        if _matches(text, names):
+            matches.append((_start_time(pid_dir), pid))
+    if not matches:
+        raise TargetNotFound(f"no process of container {bare} on this node")
+    return min(matches)[1]

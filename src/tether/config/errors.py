@@ -1,0 +1,8 @@
+"""The error a bad configuration raises."""
+
+
+class ConfigError(Exception):
+    """A configuration file or value is wrong; str() is one line naming the file and key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))

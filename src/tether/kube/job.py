@@ -1,0 +1,397 @@
+"""The agent Job: its manifest, starting it, waiting for the agent's ready line, removing it."""
+
+import asyncio
+import contextlib
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tether.config.models import AgentConfig
+from tether.kube.client import KubeClient
+from tether.kube.errors import (
+    AgentFailedError,
+    AgentImageError,
+    AgentTimeoutError,
+    KubeError,
+    NamespaceNotFoundError,
+    NotFoundError,
+    Operation,
+)
+from tether.kube.objects import PodView, pod_view
+from tether.kube.targets import AGENT_APP_LABEL, ResolvedTarget
+
+DEFAULT_COMMAND = ("python3", "-m", "tether.agent")
+CONTAINER = "agent"
+SESSION_LABEL = "tether.dev/session"
+TARGET_POD_LABEL = "tether.dev/target-pod"
+CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN")
+READY_LINE = re.compile(r"^tether-agent ready port=(\d+) version=(\S+)$", re.MULTILINE)
+IMAGE_ERRORS = frozenset(
+    {
+        "ErrImageNeverPull",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageInspect",
+        "RegistryUnavailable",
+    }
+)
+LOG_POLL = 0.03
+POD_POLL = 0.05
+EVENT_POLL = 0.5
+DELETE_GRACE = 10.0
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+PhaseCallback = Callable[[str], None]
+
+
+def new_session_id() -> str:
+    """A short random hex id naming one session's cluster objects."""
+    return secrets.token_hex(4)
+
+
+def new_secret() -> str:
+    """A random hex secret the agent requires from its clients."""
+    return secrets.token_hex(32)
+
+
+@dataclass(frozen=True)
+class AgentHandle:
+    """A created agent Job."""
+
+    namespace: str
+    job_name: str
+    session_id: str
+    uid: str
+
+
+def job_name(session_id: str) -> str:
+    """The agent Job's name for a session."""
+    return f"tether-agent-{session_id}"
+
+
+def _label_value(text: str) -> str:
+    # Label values are at most 63 characters and must end alphanumeric; pod names can be longer.
+    return text[:63].rstrip("-._")
+
+
+def agent_job_manifest(
+    *,
+    session_id: str,
+    secret: str,
+    agent: AgentConfig,
+    target: ResolvedTarget | None,
+    namespace: str | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs the agent for one session.
+
+    With a `target` the agent runs on the target's node with hostPID and the capabilities it
+    needs to enter the target container (`--container-id`); without (targetless) it is a plain
+    unprivileged pod. The Job goes to `agent.namespace`, else `namespace`, else the target's.
+    `command` replaces the agent command (tests use it to run a stand-in).
+    """
+    ns = agent.namespace or namespace or (target.namespace if target else None)
+    if not ns:
+        raise ValueError("agent_job_manifest: no namespace for the agent Job")
+    labels = {
+        **agent.labels,
+        AGENT_APP_LABEL[0]: AGENT_APP_LABEL[1],
+        SESSION_LABEL: session_id,
+    }
+    if target is not None:
+        labels[TARGET_POD_LABEL] = _label_value(target.pod_name)
+    args = ["--port", str(agent.port), "--idle-timeout", format(agent.idle_timeout, "g")]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": agent.image,
+        "command": list(command if command is not None else DEFAULT_COMMAND),
+        "args": args,
+        "env": [{"name": "TETHER_SECRET", "value": secret}],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+    }
+    if agent.image_pull_policy is not None:
+        container["imagePullPolicy"] = agent.image_pull_policy
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 5,
+        "automountServiceAccountToken": False,
+        "tolerations": [{"operator": "Exists"}],
+        "containers": [container],
+    }
+    if target is not None:
+        args += ["--container-id", target.container_id]
+        security: dict[str, Any] = {"capabilities": {"add": list(CAPABILITIES)}}
+        if agent.privileged:
+            security["privileged"] = True
+        container["securityContext"] = security
+        pod_spec["nodeName"] = target.node_name
+        pod_spec["hostPID"] = True
+    metadata: dict[str, Any] = {"name": job_name(session_id), "namespace": ns, "labels": labels}
+    pod_metadata: dict[str, Any] = {"labels": dict(labels)}
+    if agent.annotations:
+        metadata["annotations"] = dict(agent.annotations)
+        pod_metadata["annotations"] = dict(agent.annotations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": agent.ttl_seconds_after_finished,
+            "template": {"metadata": pod_metadata, "spec": pod_spec},
+        },
+    }
+
+
+async def start_agent_job(kc: KubeClient, manifest: dict[str, Any]) -> AgentHandle:
+    """Create the Job from `agent_job_manifest`.
+
+    Raises ForbiddenError (RBAC), NamespaceNotFoundError, AlreadyExistsError.
+    """
+    meta = manifest["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    op = Operation("create", "jobs.batch", namespace, name)
+    try:
+        job = await kc.call(kc.batch.create_namespaced_job(namespace, manifest), op)
+    except NotFoundError:
+        raise NamespaceNotFoundError(
+            f'namespace "{namespace}" for the agent Job not found'
+            " (set agent.namespace or --namespace to an existing one)"
+        ) from None
+    return AgentHandle(
+        namespace=namespace,
+        job_name=name,
+        session_id=str(meta["labels"][SESSION_LABEL]),
+        uid=str(job.metadata.uid),
+    )
+
+
+class _Phases:
+    """Reports each phase once, in order; remembers the last for the timeout message."""
+
+    def __init__(self, on_phase: PhaseCallback | None) -> None:
+        self.on_phase = on_phase
+        self.seen: set[str] = set()
+        self.last = ""
+
+    def report(self, phase: str) -> None:
+        if phase in self.seen:
+            return
+        self.seen.add(phase)
+        self.last = phase
+        if self.on_phase is not None:
+            self.on_phase(phase)
+
+
+async def wait_agent_ready(
+    kc: KubeClient,
+    handle: AgentHandle,
+    timeout: float,
+    on_phase: PhaseCallback | None = None,
+) -> str:
+    """Wait until the agent prints its ready line; return the agent pod's name.
+
+    Reports progress through `on_phase` ("scheduled on node X", "pulling image ...",
+    "container started", ...). Raises AgentImageError when the node cannot get the image,
+    AgentFailedError when the pod or Job fails (with the last log lines), AgentTimeoutError after
+    `timeout` seconds.
+    """
+    phases = _Phases(on_phase)
+    phases.report("waiting for the agent pod")
+    try:
+        async with asyncio.timeout(timeout):
+            return await _wait_ready(kc, handle, phases)
+    except TimeoutError:
+        raise AgentTimeoutError(
+            f"agent did not become ready within {timeout:g}s (last: {phases.last}; raise"
+            f" agent.startup_timeout, or kubectl -n {handle.namespace} describe job"
+            f" {handle.job_name})"
+        ) from None
+
+
+async def _wait_ready(kc: KubeClient, handle: AgentHandle, phases: _Phases) -> str:
+    loop = asyncio.get_running_loop()
+    next_job_check = loop.time() + 1.0
+    next_event_check = loop.time()
+    events_allowed = True
+    while True:
+        now = loop.time()
+        pod = await _agent_pod(kc, handle)
+        if pod is None:
+            if now >= next_job_check:
+                await _check_job(kc, handle)
+                next_job_check = now + 1.0
+            await asyncio.sleep(POD_POLL)
+            continue
+        if pod.node_name:
+            phases.report(f"scheduled on node {pod.node_name}")
+        else:
+            status, reason, message = pod.conditions.get("PodScheduled", ("", "", ""))
+            if status == "False":
+                phases.report(f"not scheduled yet: {message or reason}")
+        state = pod.statuses.get(CONTAINER)
+        if state is not None and state.state == "waiting" and state.reason in IMAGE_ERRORS:
+            raise AgentImageError(
+                f'agent image "{pod.images.get(CONTAINER, "?")}" is not available on node'
+                f' "{pod.node_name}" ({state.reason}: {state.message or "no message"}; set'
+                " agent.image to an image the node can get, or agent.image_pull_policy)"
+            )
+        if pod.phase in ("Failed", "Succeeded") or (
+            state is not None and state.state == "terminated"
+        ):
+            raise await _pod_failed(kc, pod)
+        if state is not None and state.state == "running":
+            phases.report("container started")
+            log = await _read_log(kc, pod)
+            if log is not None and READY_LINE.search(log):
+                phases.report("agent ready")
+                return pod.name
+            await asyncio.sleep(LOG_POLL)
+            continue
+        if state is not None and state.reason and state.reason != "ContainerCreating":
+            phases.report(f"waiting: {state.reason}")
+        if events_allowed and pod.node_name and now >= next_event_check:
+            events_allowed = await _report_events(kc, pod, phases)
+            next_event_check = now + EVENT_POLL
+        await asyncio.sleep(POD_POLL)
+
+
+def _newest(pods: list[PodView]) -> PodView:
+    return max(pods, key=lambda p: (p.created or _EPOCH, p.name))
+
+
+async def _agent_pod(kc: KubeClient, handle: AgentHandle) -> PodView | None:
+    pods = await kc.call(
+        kc.core.list_namespaced_pod(handle.namespace, label_selector=f"job-name={handle.job_name}"),
+        Operation("list", "pods", handle.namespace),
+    )
+    views = [pod_view(p) for p in pods.items]
+    return _newest(views) if views else None
+
+
+async def _report_events(kc: KubeClient, pod: PodView, phases: _Phases) -> bool:
+    """Report image pulling from the pod's events; False if we may not read events."""
+    try:
+        events = await kc.call(
+            kc.core.list_namespaced_event(
+                pod.namespace,
+                field_selector=f"involvedObject.name={pod.name},involvedObject.kind=Pod",
+            ),
+            Operation("list", "events", pod.namespace),
+        )
+    except KubeError:
+        return False
+    reasons = {str(e.reason): str(e.message or "") for e in events.items}
+    if "Pulling" in reasons:
+        phases.report(f"pulling image {pod.images.get(CONTAINER, '')}".strip())
+    if "Pulled" in reasons:
+        already = "already" in reasons["Pulled"]
+        phases.report("image already on the node" if already else "image pulled")
+    if "Created" in reasons:
+        phases.report("container created")
+    return True
+
+
+async def _check_job(kc: KubeClient, handle: AgentHandle) -> None:
+    """Fail fast when the Job cannot make its pod (quota, admission, policy)."""
+    job = await kc.call(
+        kc.batch.read_namespaced_job(handle.job_name, handle.namespace),
+        Operation("get", "jobs.batch", handle.namespace, handle.job_name),
+    )
+    for cond in (job.status.conditions if job.status else None) or []:
+        if cond.type == "Failed" and cond.status == "True":
+            raise AgentFailedError(
+                f'agent Job "{handle.job_name}" failed: {cond.reason}: {cond.message}'
+            )
+    try:
+        events = await kc.call(
+            kc.core.list_namespaced_event(
+                handle.namespace,
+                field_selector=f"involvedObject.name={handle.job_name},involvedObject.kind=Job",
+            ),
+            Operation("list", "events", handle.namespace),
+        )
+    except KubeError:
+        return  # events are a diagnosis aid; without RBAC on them the timeout still reports
+    for event in events.items:
+        if event.reason == "FailedCreate":
+            raise AgentFailedError(
+                f'agent Job "{handle.job_name}" cannot create its pod: {event.message}'
+            )
+
+
+async def _read_log(kc: KubeClient, pod: PodView, tail: int | None = None) -> str | None:
+    try:
+        log = await kc.call(
+            kc.core.read_namespaced_pod_log(
+                pod.name, pod.namespace, container=CONTAINER, tail_lines=tail
+            ),
+            Operation("get", "pods/log", pod.namespace, pod.name),
+        )
+    except KubeError:
+        # The container may be between states; the next poll tries again.
+        return None
+    return str(log)
+
+
+async def _pod_failed(kc: KubeClient, pod: PodView) -> AgentFailedError:
+    status = pod.statuses.get(CONTAINER)
+    why = pod.reason or pod.phase
+    if status is not None and status.state == "terminated":
+        why = f"{status.reason or 'terminated'}, exit code {status.exit_code}"
+    log = await _read_log(kc, pod, tail=10)
+    lines = [line.strip() for line in (log or "").splitlines() if line.strip()]
+    tail = " | ".join(lines) if lines else "no log output"
+    return AgentFailedError(
+        f'agent pod "{pod.name}" exited before ready ({why}); last log lines: {tail}'
+    )
+
+
+async def _delete_job(kc: KubeClient, namespace: str, name: str) -> None:
+    op = Operation("delete", "jobs.batch", namespace, name)
+    with contextlib.suppress(NotFoundError):
+        await kc.call(
+            kc.batch.delete_namespaced_job(name, namespace, propagation_policy="Background"),
+            op,
+        )
+
+
+async def _shielded(kc: KubeClient, namespace: str, name: str) -> None:
+    inner = asyncio.ensure_future(_delete_job(kc, namespace, name))
+    try:
+        await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        # A cancelled session must not leave its agent behind: finish the delete, then let
+        # the cancellation through. asyncio.run() cancels every task at once, inner included,
+        # so if it was, delete again from here.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(inner), DELETE_GRACE)
+        if inner.cancelled():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(_delete_job(kc, namespace, name), DELETE_GRACE)
+        raise
+
+
+async def delete_agent_job(kc: KubeClient, handle: AgentHandle) -> None:
+    """Delete the agent Job and (background propagation) its pod; a missing Job is fine.
+
+    Safe on cancellation and signal paths: the delete completes even if the caller is
+    cancelled meanwhile (the cancellation is re-raised after).
+    """
+    await _shielded(kc, handle.namespace, handle.job_name)
+
+
+async def delete_session_jobs(kc: KubeClient, namespace: str, session_id: str) -> list[str]:
+    """Delete every Job of `session_id` in `namespace`; return their names."""
+    jobs = await kc.call(
+        kc.batch.list_namespaced_job(namespace, label_selector=f"{SESSION_LABEL}={session_id}"),
+        Operation("list", "jobs.batch", namespace),
+    )
+    names = [str(j.metadata.name) for j in jobs.items]
+    for name in names:
+        await _shielded(kc, namespace, name)
+    return names

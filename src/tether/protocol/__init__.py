@@ -1,0 +1,53 @@
+"""The wire protocol between tether's local side and its agent: sans-IO, like h11/h2.
+
+A `Connection` is fed bytes (`receive_data`) and returns typed events; calls such as
+`send_request` or `send_data` queue bytes that the caller fetches with `data_to_send`. Nothing
+here touches a socket or an event loop, so every rule is unit-, property- and fuzz-tested with
+plain byte strings, and the agent and the local proxy are thin I/O shells around it.
+"""
+
+from tether.protocol.connection import Connection, Role
+from tether.protocol.errors import FlowControlError, HandshakeError, ProtocolError
+from tether.protocol.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    Handshaken,
+    HandshakeRejected,
+    PingReceived,
+    PongReceived,
+    RemoteError,
+    RequestReceived,
+    ResponseReceived,
+    StreamAccepted,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+from tether.protocol.frames import MAX_PAYLOAD, PROTOCOL_VERSION
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "ConnectionTerminated",
+    "DataReceived",
+    "Event",
+    "FlowControlError",
+    "HandshakeError",
+    "HandshakeRejected",
+    "Handshaken",
+    "PingReceived",
+    "PongReceived",
+    "ProtocolError",
+    "RemoteError",
+    "RequestReceived",
+    "ResponseReceived",
+    "Role",
+    "StreamAccepted",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamReset",
+    "WindowUpdated",
+]

@@ -1,0 +1,138 @@
+"""What a `Connection` reports after `receive_data`."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteError:
+    """An error the peer reports for a request or a stream.
+
+    `code` is a short machine word ("ENOENT", "forbidden", "version"); `errno` is set when the
+    failure maps to a POSIX errno the local side can hand to an application.
+    """
+
+    code: str
+    message: str
+    errno: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handshaken:
+    """The handshake completed; `peer_version` is the other side's tether version."""
+
+    peer_version: str
+    protocol: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRejected:
+    """The agent refused us (client side only). The connection is closed."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """The peer asks for operation `op`; answer with send_response/send_error."""
+
+    request_id: int
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The answer to one of our requests: `result` if ok, else `error`."""
+
+    request_id: int
+    result: Any
+    error: RemoteError | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The peer opened a stream; accept_stream or reset_stream it."""
+
+    stream_id: int
+    kind: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAccepted:
+    """The peer accepted a stream we opened; data may flow."""
+
+    stream_id: int
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """Bytes on a stream. Call `acknowledge` once consumed, to grant the peer more credit."""
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdated:
+    """We may send more on this stream: `credit` bytes in total now."""
+
+    stream_id: int
+    credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The peer will send no more on this stream (half-close)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The stream is gone: refused at open, or aborted by the peer."""
+
+    stream_id: int
+    error: RemoteError
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    """A keepalive ping (the pong is queued automatically)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """The answer to one of our pings."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated:
+    """The peer is closing the connection (GOAWAY) with `reason`."""
+
+    reason: str
+
+
+Event = (
+    Handshaken
+    | HandshakeRejected
+    | RequestReceived
+    | ResponseReceived
+    | StreamOpened
+    | StreamAccepted
+    | DataReceived
+    | WindowUpdated
+    | StreamEnded
+    | StreamReset
+    | PingReceived
+    | PongReceived
+    | ConnectionTerminated
+)

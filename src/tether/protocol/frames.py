@@ -1,0 +1,117 @@
+"""Framing: a 9-byte header (length, type, id) followed by the payload.
+
+The header is fixed binary rather than msgpack so the DATA path, the hot one, costs one
+struct.pack and one slice per frame; control payloads are msgpack.
+"""
+
+import enum
+import struct
+from dataclasses import dataclass
+
+import msgpack
+
+from tether.protocol.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+# Payloads above this are refused, so a decoder never buffers more than one such frame.
+MAX_PAYLOAD = 256 * 1024
+HEADER = struct.Struct("!IBI")  # length of (type + id + payload), type, stream/request id
+_MIN_LENGTH = HEADER.size - 4
+
+
+class FrameType(enum.IntEnum):
+    """What a frame carries. HELLO is first on every connection and never changes shape."""
+
+    HELLO = 1
+    WELCOME = 2
+    REJECT = 3
+    REQUEST = 4
+    RESPONSE = 5
+    OPEN = 6
+    ACCEPT = 7
+    DATA = 8
+    WINDOW = 9
+    EOF = 10
+    RESET = 11
+    PING = 12
+    PONG = 13
+    GOAWAY = 14
+
+
+_TYPES = {int(t): t for t in FrameType}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame."""
+
+    type: FrameType
+    id: int
+    payload: bytes
+
+
+def encode(ftype: FrameType, ident: int, payload: bytes = b"") -> bytes:
+    """One frame's bytes."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(len(payload) + _MIN_LENGTH, ftype, ident) + payload
+
+
+def pack(obj: object) -> bytes:
+    """msgpack a control payload."""
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def unpack_map(payload: bytes) -> dict[str, object]:
+    """Decode a control payload that must be a map with string keys."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"malformed control payload: {type(exc).__name__}") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise ProtocolError("control payload is not a map")
+    return obj
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames, holding at most one partial frame."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add bytes; return every complete frame. Raises ProtocolError on a bad header."""
+        # Parse straight out of `data` when nothing is pending, so a whole frame costs one
+        # copy (its payload); only a trailing partial frame is buffered.
+        if self._buf:
+            self._buf += data
+            src: bytes | bytearray = self._buf
+        else:
+            src = data
+        frames: list[Frame] = []
+        pos = 0
+        end = len(src)
+        unpack_from = HEADER.unpack_from
+        while end - pos >= HEADER.size:
+            length, ftype, ident = unpack_from(src, pos)
+            if length < _MIN_LENGTH or length - _MIN_LENGTH > MAX_PAYLOAD:
+                raise ProtocolError(f"frame length {length} out of range")
+            kind = _TYPES.get(ftype)
+            if kind is None:
+                raise ProtocolError(f"unknown frame type {ftype}")
+            stop = pos + 4 + length
+            if stop > end:
+                break
+            frames.append(Frame(kind, ident, bytes(src[pos + HEADER.size : stop])))
+            pos = stop
+        if src is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf = bytearray(data[pos:])
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a partial frame."""
+        return len(self._buf)

@@ -1,0 +1,357 @@
+"""Tunnel: one protocol Connection driven over a Transport by a reader and a writer task."""
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tether.protocol import (
+    Connection,
+    ConnectionTerminated,
+    DataReceived,
+    Handshaken,
+    HandshakeRejected,
+    PongReceived,
+    ProtocolError,
+    RemoteError,
+    RequestReceived,
+    ResponseReceived,
+    StreamAccepted,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+from tether.protocol.errors import StreamStateError
+from tether.tunnel.stream import TunnelStream
+from tether.tunnel.transport import Transport
+
+log = logging.getLogger("tether.tunnel")
+
+RequestHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+StreamHandler = Callable[[TunnelStream], Awaitable[None]]
+_WRITE_CHUNK = 256 * 1024
+
+
+class TunnelClosedError(ConnectionError):
+    """The tunnel is gone (transport closed, protocol error, or rejected handshake)."""
+
+
+class RemoteOpError(Exception):
+    """The peer answered a request or a stream open with an error."""
+
+    def __init__(self, error: RemoteError) -> None:
+        super().__init__(error.message or error.code)
+        self.error = error
+
+
+class Tunnel:
+    """Drives a Connection over a Transport. Use `start()`, then requests and streams."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        transport: Transport,
+        *,
+        on_request: RequestHandler | None = None,
+        on_stream: StreamHandler | None = None,
+    ) -> None:
+        self.conn = conn
+        self.transport = transport
+        self._on_request = on_request
+        self._on_stream = on_stream
+        self._streams: dict[int, TunnelStream] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._opening: dict[int, asyncio.Future[TunnelStream]] = {}
+        self._handshake: asyncio.Future[Handshaken] = asyncio.get_running_loop().create_future()
+        self._pongs: dict[bytes, asyncio.Future[float]] = {}
+        self._ping_ids = itertools.count()
+        self._dirty = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed: BaseException | None = None
+        self._done = asyncio.Event()
+        self.last_received = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, timeout: float = 10.0) -> Handshaken:
+        """Run the reader/writer tasks and complete the handshake (client or agent side)."""
+        if self.conn.role.value == "client":
+            self.conn.initiate()
+            self._flush()
+        self._spawn(self._read_loop())
+        self._spawn(self._write_loop())
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
+        except TimeoutError:
+            await self.close("handshake timeout")
+            raise TunnelClosedError("no handshake within {timeout:.0f} s") from None
+
+    async def wait_closed(self) -> BaseException | None:
+        """Wait until the tunnel ends; return why (None for a clean close)."""
+        await self._done.wait()
+        return self._closed
+
+    @property
+    def closed(self) -> bool:
+        """Whether the tunnel has ended."""
+        return self._done.is_set()
+
+    async def close(self, reason: str = "") -> None:
+        """Say GOAWAY, flush, close the transport, and fail everything pending."""
+        if self._done.is_set():
+            return
+        with contextlib.suppress(ProtocolError):
+            self.conn.close(reason)
+        data = self.conn.data_to_send()
+        if data:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.transport.write(data), 2)
+        self._finish(None)
+        await self.transport.close()
+
+    def _finish(self, why: BaseException | None) -> None:
+        if self._done.is_set():
+            return
+        self._closed = why
+        self._done.set()
+        closed = TunnelClosedError(str(why) if why else "tunnel closed")
+        gone = RemoteError("ECONNRESET", "tunnel closed", 104)
+        for fut in [*self._pending.values(), *self._opening.values(), *self._pongs.values()]:
+            if not fut.done():
+                fut.set_exception(closed)
+        if not self._handshake.done():
+            self._handshake.set_exception(closed)
+        for stream in list(self._streams.values()):
+            stream._on_reset(gone)
+        self._streams.clear()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- I/O loops ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self.transport.read()
+                if not data:
+                    self._finish(TunnelClosedError("the other side closed the tunnel"))
+                    return
+                self.last_received = time.monotonic()
+                for event in self.conn.receive_data(data):
+                    self._handle(event)
+                self._flush()
+        except ProtocolError as exc:
+            self._flush()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.transport.write(self.conn.data_to_send()), 1)
+            self._finish(exc)
+            await self.transport.close()
+        except (OSError, ConnectionError) as exc:
+            self._finish(exc)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                data = self.conn.data_to_send()
+                for start in range(0, len(data), _WRITE_CHUNK):
+                    await self.transport.write(data[start : start + _WRITE_CHUNK])
+        except (OSError, ConnectionError) as exc:
+            self._finish(exc)
+
+    def _flush(self) -> None:
+        # Most calls (an acknowledgement below the batching threshold) queue nothing: waking
+        # the writer for them would cost a task switch per chunk on the hot path.
+        if self.conn.wants_write:
+            self._dirty.set()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, DataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_data(event.data)
+        elif isinstance(event, WindowUpdated):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_credit()
+        elif isinstance(event, ResponseReceived):
+            fut = self._pending.pop(event.request_id, None)
+            if fut is not None and not fut.done():
+                if event.error is not None:
+                    fut.set_exception(RemoteOpError(event.error))
+                else:
+                    fut.set_result(event.result)
+        elif isinstance(event, RequestReceived):
+            self._spawn(self._serve_request(event))
+        elif isinstance(event, StreamOpened):
+            stream = TunnelStream(self, event.stream_id, event.kind, event.params)
+            self._streams[event.stream_id] = stream
+            if self._on_stream is None:
+                self._reset(event.stream_id, RemoteError("EOPNOTSUPP", "no streams here", 95))
+            else:
+                self._spawn(self._serve_stream(stream))
+        elif isinstance(event, StreamAccepted):
+            opening = self._opening.pop(event.stream_id, None)
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.info = event.info
+                stream._on_credit()
+                if opening is not None and not opening.done():
+                    opening.set_result(stream)
+        elif isinstance(event, StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_eof()
+        elif isinstance(event, StreamReset):
+            stream = self._streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream._on_reset(event.error)
+            opening = self._opening.pop(event.stream_id, None)
+            if opening is not None and not opening.done():
+                opening.set_exception(RemoteOpError(event.error))
+        elif isinstance(event, PongReceived):
+            pong = self._pongs.pop(event.data, None)
+            if pong is not None and not pong.done():
+                pong.set_result(time.monotonic())
+        elif isinstance(event, Handshaken):
+            if not self._handshake.done():
+                self._handshake.set_result(event)
+        elif isinstance(event, HandshakeRejected):
+            if not self._handshake.done():
+                self._handshake.set_exception(TunnelClosedError(event.reason))
+            self._finish(TunnelClosedError(event.reason))
+        elif isinstance(event, ConnectionTerminated):
+            self._finish(TunnelClosedError(event.reason or "the other side closed the tunnel"))
+
+    async def _serve_request(self, event: RequestReceived) -> None:
+        try:
+            if self._on_request is None:
+                raise RemoteOpError(RemoteError("ENOSYS", f"unsupported operation {event.op}", 38))
+            result = await self._on_request(event.op, event.args)
+        except RemoteOpError as exc:
+            self._answer_error(event.request_id, exc.error)
+        except OSError as exc:
+            code = _errno_name(exc.errno)
+            self._answer_error(event.request_id, RemoteError(code, str(exc), exc.errno))
+        except Exception as exc:  # one bad request must never take the tunnel down
+            log.exception("request %s failed", event.op)
+            self._answer_error(
+                event.request_id, RemoteError("EIO", f"{type(exc).__name__}: {exc}", 5)
+            )
+        else:
+            if not self._done.is_set():
+                self.conn.send_response(event.request_id, result)
+                self._flush()
+
+    def _answer_error(self, request_id: int, error: RemoteError) -> None:
+        if not self._done.is_set():
+            self.conn.send_error(request_id, error)
+            self._flush()
+
+    async def _serve_stream(self, stream: TunnelStream) -> None:
+        assert self._on_stream is not None
+        try:
+            await self._on_stream(stream)
+        except Exception as exc:
+            log.exception("stream %s (%s) failed", stream.id, stream.kind)
+            stream.reset("EIO", str(exc), 5)
+        finally:
+            self._forget(stream.id)
+
+    # -- used by TunnelStream ----------------------------------------------------------------
+
+    def _acknowledge(self, stream_id: int, size: int) -> None:
+        if not self._done.is_set():
+            self.conn.acknowledge(stream_id, size)
+            self._flush()
+
+    def _credit(self, stream_id: int) -> int:
+        try:
+            return self.conn.send_credit(stream_id)
+        except StreamStateError:
+            return 0
+
+    def _send(self, stream_id: int, data: bytes) -> None:
+        self.conn.send_data(stream_id, data)
+        self._flush()
+
+    def _end(self, stream_id: int) -> None:
+        with contextlib.suppress(StreamStateError, ProtocolError):
+            self.conn.end_stream(stream_id)
+            self._flush()
+
+    def _reset(self, stream_id: int, error: RemoteError) -> None:
+        self._streams.pop(stream_id, None)
+        if not self._done.is_set():
+            self.conn.reset_stream(stream_id, error)
+            self._flush()
+
+    def _forget(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream_id not in self.conn.stream_ids():
+            del self._streams[stream_id]
+
+    # -- public operations -------------------------------------------------------------------
+
+    async def request(self, op: str, args: dict[str, Any], timeout: float | None = 30) -> Any:
+        """Ask the peer for `op`; return its result or raise RemoteOpError / TunnelClosedError."""
+        if self._done.is_set():
+            raise TunnelClosedError(str(self._closed or "tunnel closed"))
+        rid = self.conn.send_request(op, args)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._flush()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+
+    async def open_stream(self, kind: str, params: dict[str, Any]) -> TunnelStream:
+        """Open a stream and wait until the peer accepts it (RemoteOpError if refused)."""
+        if self._done.is_set():
+            raise TunnelClosedError(str(self._closed or "tunnel closed"))
+        sid = self.conn.open_stream(kind, params)
+        stream = TunnelStream(self, sid, kind, params)
+        self._streams[sid] = stream
+        fut: asyncio.Future[TunnelStream] = asyncio.get_running_loop().create_future()
+        self._opening[sid] = fut
+        self._flush()
+        return await fut
+
+    def accept(self, stream: TunnelStream, info: dict[str, Any] | None = None) -> None:
+        """Accept a stream the peer opened (in the on_stream handler)."""
+        stream.info = info or {}
+        self.conn.accept_stream(stream.id, info)
+        self._flush()
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """Round-trip time of a keepalive ping, in seconds."""
+        token = str(next(self._ping_ids)).encode()
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pongs[token] = fut
+        sent = time.monotonic()
+        self.conn.ping(token)
+        self._flush()
+        try:
+            return await asyncio.wait_for(fut, timeout) - sent
+        finally:
+            self._pongs.pop(token, None)
+
+
+def _errno_name(number: int | None) -> str:
+    import errno
+
+    return errno.errorcode.get(number or 0, "EIO")

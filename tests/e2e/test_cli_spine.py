@@ -1,0 +1,231 @@
+"""The spine's user-facing commands on the devcluster: env, port-forward -L, ls, schema,
+and the error contract (one line, non-zero exit, nothing left in the cluster)."""
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.cli import (
+    AGENT,
+    agent_objects,
+    background,
+    free_port,
+    http_get,
+    one_line_error,
+    tether,
+    tether_env,
+    wait_no_agent_objects,
+    wait_port,
+)
+from tests.e2e.kube import BUSYBOX_IMAGE, KUBECONFIG, kubectl, ready_pod
+
+ABSENT = "docker.io/tether/absent:0"
+FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
+
+
+def test_env_shows_the_targets_variables() -> None:
+    before = agent_objects("shop")
+    proc = tether("env", *FRONTEND)
+    assert proc.returncode == 0, proc.stderr
+    assert "BACKEND_URL=http://backend" in proc.stdout.splitlines()
+    assert "SHOP_MODE=staging" in proc.stdout.splitlines()
+    assert "target: deployment/frontend -> pod frontend-" in proc.stderr
+    as_json = json.loads(tether("env", *FRONTEND, "--format", "json", "-q").stdout)
+    assert as_json["SHOP_MODE"] == "staging"
+    assert as_json["HOSTNAME"] == ready_pod("shop", "frontend")["metadata"]["name"]
+    sh = tether("env", *FRONTEND, "--format", "sh", "--include", "SHOP_*", "-q")
+    assert sh.stdout == "export SHOP_MODE=staging\n"
+    assert wait_no_agent_objects("shop") == before
+
+
+def test_port_forward_reaches_backend_by_short_name() -> None:
+    port = free_port()
+    with background("port-forward", *FRONTEND, "-L", f"{port}:backend:80") as proc:
+        wait_port(port)
+        answer = http_get(port, "/via-tether")
+        assert answer["service"] == "backend"
+        assert answer["path"] == "/via-tether"
+        # Several connections over the same tunnel, concurrently.
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: http_get(port, f"/{i}"), range(32)))
+        assert sorted(str(a["path"]) for a in answers) == sorted(f"/{i}" for i in range(32))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert wait_no_agent_objects("shop") == (0, 0)
+
+
+def test_port_forward_targetless_with_fqdn() -> None:
+    port = free_port()
+    target = ["--target", "targetless", "-n", "shop", *AGENT]
+    with background("port-forward", *target, "-L", f"{port}:backend.shop.svc.cluster.local:80"):
+        wait_port(port)
+        assert http_get(port)["service"] == "backend"
+    assert wait_no_agent_objects("shop") == (0, 0)
+
+
+def test_ls_and_schema() -> None:
+    proc = tether("ls", "-n", "shop")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "deployment/frontend" in lines and "deployment/backend" in lines
+    assert json.loads(tether("ls", "-n", "shop", "-o", "json").stdout) == lines
+    schema = json.loads(tether("schema").stdout)
+    assert "agent" in schema["properties"]
+
+
+@pytest.fixture
+def scratch_ns() -> Iterator[str]:
+    ns = f"tether-e2e-cli-{secrets.token_hex(3)}"
+    kubectl("create", "namespace", ns)
+    try:
+        yield ns
+    finally:
+        kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false")
+
+
+def test_errors_are_one_line_and_leave_nothing(scratch_ns: str, tmp_path: Path) -> None:
+    before = agent_objects("shop")
+    cases = [
+        (["env", "--target", "deployment/nope", "-n", "shop", *AGENT], ["deployment", "nope"]),
+        (["env", "--target", "deployment/frontend", "-n", "no-such-ns", *AGENT], ["no-such-ns"]),
+        (["env", "--target", "bogus/x", "-n", "shop", *AGENT], ["targetless"]),
+        (
+            ["env", "-t", "deployment/frontend", "-n", "shop", "--agent-image", ABSENT],
+            [ABSENT, "agent.image"],
+        ),
+    ]
+    for args, needles in cases:
+        one_line_error(tether(*args), *needles)
+
+    config = tmp_path / "tether.toml"
+    config.write_text('[agent]\nport = "many"\n')
+    one_line_error(tether("env", *FRONTEND, cwd=str(tmp_path)), "tether.toml", "agent.port")
+    config.write_text("[agent]\nstartup_timeout = 0.05\n")
+    one_line_error(tether("env", *FRONTEND, cwd=str(tmp_path)), "startup_timeout")
+
+    kubectl(
+        "-n", scratch_ns, "create", "deployment", "idle", f"--image={BUSYBOX_IMAGE}",
+        "--replicas=0",
+    )  # fmt: skip
+    one_line_error(tether("env", "--target", "deployment/idle", "-n", scratch_ns), "idle")
+
+    port = free_port()
+    with background("port-forward", *FRONTEND, "-L", f"{port}:backend:80"):
+        wait_port(port)
+        busy = tether("port-forward", *FRONTEND, "-L", f"{port}:backend:80")
+        one_line_error(busy, f"local port {port} is already in use")
+    assert wait_no_agent_objects("shop") == before
+    assert agent_objects(scratch_ns) == (0, 0)
+
+
+def _limited_kubeconfig(namespace: str, path: Path) -> None:
+    """A kubeconfig for a service account that may read pods and deployments, nothing else."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "reader", "namespace": namespace},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"],
+             "verbs": ["get", "list"]},
+        ],
+    }  # fmt: skip
+    kubectl("apply", "-f", "-", input=json.dumps(role))
+    kubectl("-n", namespace, "create", "serviceaccount", "limited")
+    kubectl(
+        "-n", namespace, "create", "rolebinding", "limited", "--role=reader",
+        f"--serviceaccount={namespace}:limited",
+    )  # fmt: skip
+    token = ""
+    deadline = time.monotonic() + 30
+    while not token and time.monotonic() < deadline:
+        secret_name = kubectl(
+            "-n", namespace, "get", "sa", "limited", "-o", "jsonpath={.secrets[0].name}"
+        )  # fmt: skip
+        if secret_name:
+            token = kubectl(
+                "-n", namespace, "get", "secret", secret_name, "-o", "jsonpath={.data.token}"
+            )  # fmt: skip
+        time.sleep(0.3)
+
+    admin = KUBECONFIG.read_text()
+
+    conf = yaml.safe_load(admin)
+    conf["users"] = [{"name": "limited", "user": {"token": base64.b64decode(token).decode()}}]
+    conf["contexts"][0]["context"]["user"] = "limited"
+    path.write_text(yaml.safe_dump(conf))
+
+
+def test_rbac_forbidden_is_one_line_and_leaves_nothing(scratch_ns: str, tmp_path: Path) -> None:
+    kubectl(
+        "-n", scratch_ns, "create", "deployment", "app", f"--image={BUSYBOX_IMAGE}",
+        "--", "sleep", "3600",
+    )  # fmt: skip
+    kubectl("-n", scratch_ns, "patch", "deployment", "app", "--type=json", "-p",
+            '[{"op": "add", "path": "/spec/template/spec/containers/0/imagePullPolicy",'
+            ' "value": "Never"}]')  # fmt: skip
+    kubectl("-n", scratch_ns, "rollout", "status", "deployment/app", "--timeout=90s", timeout=100)
+    kubeconfig = tmp_path / "limited.kubeconfig"
+    _limited_kubeconfig(scratch_ns, kubeconfig)
+    proc = tether(
+        "env", "--target", "deployment/app", "-n", scratch_ns, "--kubeconfig", str(kubeconfig),
+        *AGENT,
+    )  # fmt: skip
+    one_line_error(proc, "forbidden", "jobs")
+    assert agent_objects(scratch_ns) == (0, 0)
+
+
+def test_sigkilled_client_leaves_an_agent_that_exits_by_itself(tmp_path: Path) -> None:
+    (tmp_path / "tether.toml").write_text("[agent]\nidle_timeout = 3\n")
+    port = free_port()
+    env_before = agent_objects("shop")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether", "port-forward", *FRONTEND, "-L", f"{port}:backend:80"],
+        cwd=tmp_path,
+        env=tether_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        assert agent_objects("shop")[0] == env_before[0] + 1
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # The Job stays (nobody deleted it) but its agent notices the lost client and exits.
+        deadline = time.monotonic() + 30
+        phases: list[str] = []
+        while time.monotonic() < deadline:
+            pods = json.loads(
+                kubectl(
+                    "-n",
+                    "shop",
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/name=tether-agent",
+                    "-o",
+                    "json",
+                )
+            )["items"]
+            phases = [p["status"].get("phase", "") for p in pods]
+            if phases and all(p == "Succeeded" for p in phases):
+                break
+            time.sleep(0.5)
+        assert phases and all(p == "Succeeded" for p in phases), phases
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kubectl("-n", "shop", "delete", "jobs", "-l", "app.kubernetes.io/name=tether-agent",
+                "--wait=false")  # fmt: skip

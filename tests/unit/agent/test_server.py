@@ -1,0 +1,110 @@
+"""The agent's server end to end in-process (targetless): handshake, ops, streams, idle exit."""
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tether.agent.server import Agent
+from tether.agent.target import Target
+from tether.protocol import Connection, Role
+from tether.tunnel import RemoteOpError, StreamTransport, Tunnel, TunnelClosedError
+
+SECRET = os.urandom(16)
+
+
+async def _start_agent(idle: float = 30.0) -> tuple[Agent, int, asyncio.Task[None]]:
+    agent = Agent(Target(None), SECRET, idle)
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(agent.serve("127.0.0.1", 0, on_ready=ready.set_result))
+    return agent, await ready, task
+
+
+async def _client(port: int, secret: bytes = SECRET) -> Tunnel:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    tunnel = Tunnel(Connection(Role.CLIENT, secret=secret, version="test"), StreamTransport(r, w))
+    await tunnel.start()
+    return tunnel
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Agent, int]]:
+    agent, port, task = await _start_agent()
+    yield agent, port
+    agent.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_env_hostname_and_files(served: tuple[Agent, int], tmp_path: Path) -> None:
+    _, port = served
+    os.environ["TETHER_TEST_VAR"] = "yes"
+    client = await _client(port)
+    try:
+        env = (await client.request("env", {"include": ["TETHER_TEST_*"]}))["env"]
+        assert env == {"TETHER_TEST_VAR": "yes"}
+        assert (await client.request("hostname", {}))["hostname"] == os.uname().nodename
+        f = tmp_path / "hello.txt"
+        f.write_text("hello agent\n")
+        opened = await client.request("fs.open", {"path": str(f), "flags": os.O_RDONLY})
+        assert opened["stat"]["st_size"] == 12
+        data = await client.request(
+            "fs.read", {"handle": opened["handle"], "offset": 6, "size": 100}
+        )
+        assert data == b"agent\n"
+        await client.request("fs.close", {"handle": opened["handle"]})
+        with pytest.raises(RemoteOpError) as info:
+            await client.request("fs.stat", {"path": str(tmp_path / "missing")})
+        assert info.value.error.code == "ENOENT"
+        with pytest.raises(RemoteOpError) as info:
+            await client.request("no.such.op", {})
+        assert info.value.error.code == "ENOSYS"
+        addrs = (await client.request("resolve", {"name": "127.0.0.1"}))["addresses"]
+        assert addrs == ["127.0.0.1"]
+    finally:
+        await client.close()
+
+
+async def test_tcp_stream_to_a_local_server(served: tuple[Agent, int]) -> None:
+    _, port = served
+
+    async def hello(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"hi " + await r.readline())
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(hello, "127.0.0.1", 0)
+    target_port = server.sockets[0].getsockname()[1]
+    client = await _client(port)
+    try:
+        stream = await client.open_stream("tcp", {"host": "127.0.0.1", "port": target_port})
+        assert stream.info == {"ip": "127.0.0.1", "port": target_port}
+        await stream.write(b"there\n")
+        got = b""
+        while chunk := await stream.read():
+            got += chunk
+        assert got == b"hi there\n"
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(RemoteOpError) as info:
+            await client.open_stream("tcp", {"host": "127.0.0.1", "port": target_port})
+        assert info.value.error.code == "ECONNREFUSED"
+    finally:
+        await client.close()
+
+
+async def test_wrong_secret_is_dropped(served: tuple[Agent, int]) -> None:
+    agent, port = served
+    with pytest.raises(TunnelClosedError):
+        await _client(port, secret=b"x" * 16)
+    assert not agent.sessions
+
+
+async def test_agent_exits_when_idle_after_last_client() -> None:
+    _agent, port, task = await _start_agent(idle=1.0)
+    client = await _client(port)
+    await asyncio.sleep(1.5)
+    assert not task.done()  # a connected client keeps it alive
+    await client.close()
+    await asyncio.wait_for(task, 5)

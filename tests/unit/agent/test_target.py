@@ -1,0 +1,154 @@
+"""Unit tests for tether.agent.target: container PID lookup in fake and real /proc trees."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tether.agent.target import Target, TargetNotFound, find_container_pid
+
+CID = "3f0a9c1d2e4b5a6978877665544332211ffeeddccbbaa99887766554433221100"
+OTHER = "aa" * 32
+POD = "poda36de71d-e32e-4328-9515-8c5b88f87ef3"
+
+
+def add_proc(proc: Path, pid: int, cgroup: str, start: int | None = None) -> None:
+    d = proc / str(pid)
+    d.mkdir(parents=True)
+    (d / "cgroup").write_text(cgroup)
+    if start is not None:
+        # Field 2 has spaces and parentheses on purpose: parsing must split after the last ")".
+        fields = ["S", *["0"] * 18, str(start), "0"]
+        (d / "stat").write_text(f"{pid} (a (weird) name) {' '.join(fields)}\n")
+
+
+def v1(path: str) -> str:
+    controllers = ["name=systemd", "pids", "memory", "cpu,cpuacct"]
+    return "".join(f"{i}:{c}:{path}\n" for i, c in enumerate(controllers, 1)) + "0::/\n"
+
+
+def v2(path: str) -> str:
+    return f"0::{path}\n"
+
+
+LAYOUTS = {
+    "containerd cgroupfs v1": (f"containerd://{CID}", v1(f"/kubepods/besteffort/{POD}/{CID}")),
+    "containerd cgroupfs v2": (f"containerd://{CID}", v2(f"/kubepods/burstable/{POD}/{CID}")),
+    "containerd systemd v2": (
+        f"containerd://{CID}",
+        v2(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/"
+            f"cri-containerd-{CID}.scope"
+        ),
+    ),
+    "containerd systemd v1": (
+        CID,
+        v1(f"/kubepods.slice/kubepods-pod1.slice/cri-containerd-{CID}.scope"),
+    ),
+    "cri-o systemd v2": (
+        f"cri-o://{CID}",
+        v2(f"/kubepods.slice/kubepods-pod1.slice/crio-{CID}.scope"),
+    ),
+    "cri-o cgroupfs v1": (f"cri-o://{CID}", v1(f"/kubepods/{POD}/crio-{CID}")),
+    "docker systemd v2": (f"docker://{CID}", v2(f"/system.slice/docker-{CID}.scope")),
+    "docker cgroupfs v1": (f"docker://{CID}", v1(f"/docker/{CID}")),
+    "cgroup namespace v2": (f"containerd://{CID}", v2(f"/../../{POD}/{CID}")),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_finds_the_container_in_every_layout(tmp_path: Path, layout: str) -> None:
+    container_id, cgroup = LAYOUTS[layout]
+    add_proc(tmp_path, 1, v1("/"))
+    add_proc(tmp_path, 57, cgroup.replace(CID, OTHER))
+    add_proc(tmp_path, 120, cgroup)
+    add_proc(tmp_path, 135, cgroup)
+    (tmp_path / "self").mkdir()  # non-numeric entries are skipped
+    assert find_container_pid(container_id, tmp_path) == 120
+
+
+def test_earliest_started_wins_over_lowest_pid(tmp_path: Path) -> None:
+    # PIDs wrapped: an exec'd shell got a lower PID than the container's init.
+    cgroup = v2(f"/kubepods/{POD}/{CID}")
+    add_proc(tmp_path, 9000, cgroup, start=1000)
+    add_proc(tmp_path, 12, cgroup, start=5000)
+    assert find_container_pid(CID, tmp_path) == 9000
+
+
+def test_conmon_and_prefixes_of_the_id_do_not_match(tmp_path: Path) -> None:
+    add_proc(tmp_path, 10, v2(f"/kubepods.slice/crio-conmon-{CID}.scope"))
+    add_proc(tmp_path, 11, v2(f"/kubepods/{POD}/{CID}extra"))
+    add_proc(tmp_path, 12, v2(f"/kubepods/{POD}/{CID[:12]}"))
+    with pytest.raises(TargetNotFound, match="no process of container") as err:
+        find_container_pid(f"cri-o://{CID}", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_process_that_vanished_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "5").mkdir()  # no cgroup file: exited while we scanned
+    add_proc(tmp_path, 6, v2(f"/{CID}"))
+    assert find_container_pid(CID, tmp_path) == 6
+
+
+@pytest.mark.parametrize("bad", ["", "containerd://", "a/b", "containerd://../x"])
+def test_malformed_ids_are_rejected(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="not a container ID"):
+        find_container_pid(bad, tmp_path)
+
+
+def test_target_paths(tmp_path: Path) -> None:
+    assert Target(42).root == Path("/proc/42/root")
+    assert Target(42).netns_path == Path("/proc/42/ns/net")
+    assert Target(None).root == Path("/")
+    assert Target(None).netns_path is None
+    assert Target.find(None) == Target(None)
+    add_proc(tmp_path, 7, v2(f"/{CID}"))
+    assert Target.find(f"containerd://{CID}", tmp_path) == Target(7)
+
+
+def _cgroup_hierarchy() -> Path | None:
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        if (base / "cgroup.procs").exists():
+            return base
+    return None
+
+
+@pytest.fixture
+def scoped_child() -> Iterator[tuple[str, int]]:
+    """A child process alone in a new cgroup named like a containerd systemd scope."""
+    base = _cgroup_hierarchy()
+    if os.geteuid() != 0 or base is None:
+        pytest.skip("needs root and a writable cgroup hierarchy")
+    cid = secrets.token_hex(32)
+    group = base / f"cri-containerd-{cid}.scope"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        group.mkdir()
+        (group / "cgroup.procs").write_text(str(child.pid))
+        yield cid, child.pid
+    finally:
+        child.kill()
+        child.wait()
+        for _ in range(50):  # the cgroup stays busy for a moment after its last process
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+@pytest.mark.root
+def test_finds_a_real_process_by_its_cgroup(scoped_child: tuple[str, int]) -> None:
+    cid, pid = scoped_child
+    assert find_container_pid(f"containerd://{cid}") == pid
+    with pytest.raises(TargetNotFound):
+        find_container_pid(f"containerd://{secrets.token_hex(32)}")

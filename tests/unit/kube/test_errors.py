@@ -1,0 +1,87 @@
+"""Mapping API failures to one-line KubeErrors (no cluster)."""
+
+import json
+
+import aiohttp
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from tether.kube.errors import (
+    AlreadyExistsError,
+    ApiError,
+    ClusterUnreachableError,
+    ForbiddenError,
+    KubeError,
+    NotFoundError,
+    Operation,
+    UnauthorizedError,
+    api_message,
+    error_for_exception,
+)
+
+SERVER = "https://198.18.16.1:6443"
+CREATE_JOB = Operation("create", "jobs.batch", "x", "tether-agent-1")
+
+
+def _api(status: int, message: str = "") -> ApiException:
+    exc = ApiException(status=status, reason="r")
+    exc.body = json.dumps({"kind": "Status", "message": message}).encode()
+    return exc
+
+
+def test_forbidden_names_verb_resource_namespace_and_rbac() -> None:
+    error = error_for_exception(_api(403, "jobs.batch is forbidden"), CREATE_JOB, SERVER)
+    assert isinstance(error, ForbiddenError)
+    assert str(error) == (
+        'forbidden: cannot create jobs.batch in namespace "x" (ask for RBAC: create/delete'
+        " jobs, get pods, create pods/portforward)"
+    )
+
+
+def test_not_found_and_conflict() -> None:
+    op = Operation("get", "deployments.apps", "shop", "nope", not_found_hint="tether ls")
+    error = error_for_exception(_api(404), op, SERVER)
+    assert isinstance(error, NotFoundError)
+    assert str(error) == 'deployments.apps "nope" not found in namespace "shop" (tether ls)'
+    error = error_for_exception(_api(409), CREATE_JOB, SERVER)
+    assert isinstance(error, AlreadyExistsError)
+    assert "already exists" in str(error)
+
+
+def test_unauthorized_and_other_statuses() -> None:
+    assert isinstance(error_for_exception(_api(401), CREATE_JOB, SERVER), UnauthorizedError)
+    error = error_for_exception(_api(422, "spec.x: Invalid\nvalue"), CREATE_JOB, SERVER)
+    assert isinstance(error, ApiError)
+    assert str(error) == (
+        'cannot create jobs.batch in namespace "x": HTTP 422 (spec.x: Invalid value)'
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError(),
+        aiohttp.ServerDisconnectedError(),
+    ],
+)
+def test_connection_errors(exc: BaseException) -> None:
+    error = error_for_exception(exc, CREATE_JOB, SERVER)
+    assert isinstance(error, ClusterUnreachableError)
+    assert str(error).startswith(f"cannot reach the API server {SERVER}: ")
+    assert "\n" not in str(error)
+
+
+def test_unrelated_exceptions_pass_through() -> None:
+    assert error_for_exception(ValueError("x"), CREATE_JOB, SERVER) is None
+
+
+def test_messages_are_one_line() -> None:
+    assert str(KubeError("a\nb\n  c")) == "a b c"
+
+
+def test_api_message_forms() -> None:
+    assert api_message(b'{"message": "m"}') == "m"
+    assert api_message("plain text\n") == "plain text"
+    assert api_message({"message": None}) == ""
+    assert api_message(None) == ""

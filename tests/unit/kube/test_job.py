@@ -1,0 +1,151 @@
+"""The agent Job manifest: targeted and targetless (no cluster)."""
+
+from typing import Any
+
+import pytest
+
+from tether.config import AgentConfig
+from tether.kube.job import agent_job_manifest, job_name, new_secret, new_session_id
+from tether.kube.targets import ResolvedTarget, TargetKind
+
+TARGET = ResolvedTarget(
+    kind=TargetKind.DEPLOYMENT,
+    name="frontend",
+    namespace="shop",
+    pod_name="frontend-76c4989cc7-9sldf",
+    pod_uid="uid-1",
+    node_name="node-a",
+    container_name="frontend",
+    container_id="containerd://abc123",
+    pod_ip="198.18.0.34",
+)
+
+
+def _pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = manifest["spec"]["template"]["spec"]
+    return spec
+
+
+def _container(manifest: dict[str, Any]) -> dict[str, Any]:
+    containers = _pod_spec(manifest)["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def test_targeted_manifest() -> None:
+    m = agent_job_manifest(
+        session_id="a1b2c3d4", secret="s3cr3t", agent=AgentConfig(), target=TARGET
+    )
+    assert m["apiVersion"] == "batch/v1"
+    assert m["kind"] == "Job"
+    assert m["metadata"]["name"] == "tether-agent-a1b2c3d4"
+    assert m["metadata"]["namespace"] == "shop"
+    labels = {
+        "app.kubernetes.io/name": "tether-agent",
+        "tether.dev/session": "a1b2c3d4",
+        "tether.dev/target-pod": "frontend-76c4989cc7-9sldf",
+    }
+    assert m["metadata"]["labels"] == labels
+    assert m["spec"]["template"]["metadata"]["labels"] == labels
+    assert m["spec"]["backoffLimit"] == 0
+    assert m["spec"]["ttlSecondsAfterFinished"] == 60
+    assert "activeDeadlineSeconds" not in m["spec"]
+    pod = _pod_spec(m)
+    assert pod["restartPolicy"] == "Never"
+    assert pod["nodeName"] == "node-a"
+    assert pod["hostPID"] is True
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["terminationGracePeriodSeconds"] == 5
+    assert pod["automountServiceAccountToken"] is False
+    c = _container(m)
+    assert c["name"] == "agent"
+    assert c["image"] == "ghcr.io/tether-dev/tether-agent:0.1.0"
+    assert "imagePullPolicy" not in c
+    assert c["command"] == ["python3", "-m", "tether.agent"]
+    assert c["args"] == [
+        "--port",
+        "47047",
+        "--idle-timeout",
+        "30",
+        "--container-id",
+        "containerd://abc123",
+    ]
+    assert c["env"] == [{"name": "TETHER_SECRET", "value": "s3cr3t"}]
+    assert c["securityContext"] == {
+        "capabilities": {"add": ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN"]}
+    }
+    assert c["resources"] == {"requests": {"cpu": "10m", "memory": "32Mi"}}
+
+
+def test_configured_agent_settings() -> None:
+    agent = AgentConfig(
+        image="local/agent:dev",
+        image_pull_policy="Never",
+        namespace="tether-system",
+        port=5000,
+        idle_timeout=2.5,
+        ttl_seconds_after_finished=5,
+        privileged=True,
+        labels={"team": "a", "tether.dev/session": "overridden?"},
+        annotations={"note": "x"},
+    )
+    m = agent_job_manifest(
+        session_id="ff", secret="s", agent=agent, target=TARGET, command=["sleep", "1"]
+    )
+    assert m["metadata"]["namespace"] == "tether-system"
+    assert m["metadata"]["labels"]["team"] == "a"
+    assert m["metadata"]["labels"]["tether.dev/session"] == "ff", "tether's labels win"
+    assert m["metadata"]["annotations"] == {"note": "x"}
+    assert m["spec"]["template"]["metadata"]["annotations"] == {"note": "x"}
+    assert m["spec"]["ttlSecondsAfterFinished"] == 5
+    c = _container(m)
+    assert c["image"] == "local/agent:dev"
+    assert c["imagePullPolicy"] == "Never"
+    assert c["command"] == ["sleep", "1"]
+    assert c["args"][:4] == ["--port", "5000", "--idle-timeout", "2.5"]
+    assert c["securityContext"]["privileged"] is True
+
+
+def test_targetless_manifest_is_plain() -> None:
+    m = agent_job_manifest(
+        session_id="abcd",
+        secret="s",
+        agent=AgentConfig(privileged=True),
+        target=None,
+        namespace="dev",
+    )
+    assert m["metadata"]["namespace"] == "dev"
+    assert "tether.dev/target-pod" not in m["metadata"]["labels"]
+    pod = _pod_spec(m)
+    assert "hostPID" not in pod
+    assert "nodeName" not in pod
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never"
+    c = _container(m)
+    assert "securityContext" not in c
+    assert "--container-id" not in c["args"]
+    assert c["args"] == ["--port", "47047", "--idle-timeout", "30"]
+
+
+def test_targetless_needs_a_namespace() -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        agent_job_manifest(session_id="a", secret="s", agent=AgentConfig(), target=None)
+
+
+def test_long_pod_name_label_is_truncated_to_a_valid_value() -> None:
+    long_target = ResolvedTarget(**{**TARGET.__dict__, "pod_name": "a" * 61 + "-b-c"})
+    m = agent_job_manifest(session_id="a", secret="s", agent=AgentConfig(), target=long_target)
+    value = m["metadata"]["labels"]["tether.dev/target-pod"]
+    assert len(value) <= 63
+    assert value[-1].isalnum()
+
+
+def test_ids_are_hex() -> None:
+    sid, secret = new_session_id(), new_secret()
+    int(sid, 16)
+    int(secret, 16)
+    assert len(sid) == 8
+    assert len(secret) >= 32
+    assert new_session_id() != sid
+    assert job_name(sid) == f"tether-agent-{sid}"
