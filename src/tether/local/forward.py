@@ -105,12 +105,21 @@ async def serve_forwards(
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 stream = await tunnel.open_stream("tcp", {"host": fwd.host, "port": fwd.port})
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                return
             except (RemoteOpError, TunnelClosedError) as exc:
                 progress.warn(f"{fwd.host}:{fwd.port}: {exc}")
                 writer.transport.abort()
                 return
             progress.detail(f"{fwd.host}:{fwd.port} connected via {stream.info.get('ip')}")
-            await stream.relay(reader, writer)
+            try:
+                await stream.relay(reader, writer)
+            except asyncio.CancelledError:
+                # Shutting down. Ending normally instead of as cancelled keeps Python 3.11's
+                # start_server callback from logging a spurious traceback.
+                stream.reset("ECONNABORTED", "tether is exiting", 103)
+                writer.transport.abort()
 
         return on_connect
 
