@@ -7,6 +7,7 @@ starts again on the same etcd data, certificates and imported images.
 """
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -115,13 +116,45 @@ def _apiserver_healthy() -> bool:
     return api_get("/readyz")[0] == 200
 
 
-def node_ready() -> bool:
-    """Whether the node is registered and Ready."""
+def _rfc3339(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def node_ready(since: float | None = None) -> bool:
+    """Whether the node is registered and Ready, reported by a kubelet heartbeat at or after
+    `since` (a Ready condition left in etcd by a killed kubelet says nothing)."""
     status, body = api_get(f"/api/v1/nodes/{layout.NODE_NAME}")
     if status != 200:
         return False
     conditions = json.loads(body).get("status", {}).get("conditions", [])
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    for c in conditions:
+        if c.get("type") == "Ready" and c.get("status") == "True":
+            beat = c.get("lastHeartbeatTime")
+            return since is None or (beat is not None and _rfc3339(beat) >= since)
+    return False
+
+
+def stale_pods(since: float) -> list[str]:
+    """Pods on the node whose status the restarted kubelet has not yet re-reported: a
+    container not running since `since`, or not ready. Finished pods are ignored."""
+    status, body = api_get(f"/api/v1/pods?fieldSelector=spec.nodeName%3D{layout.NODE_NAME}")
+    if status != 200:
+        return ["(pods unreadable)"]
+    stale = []
+    for pod in json.loads(body).get("items", []):
+        meta, st = pod["metadata"], pod.get("status", {})
+        if meta.get("deletionTimestamp") or st.get("phase") in ("Succeeded", "Failed"):
+            continue
+        statuses = st.get("containerStatuses") or []
+        fresh = bool(statuses) and all(
+            cs.get("ready")
+            and "running" in cs.get("state", {})
+            and _rfc3339(cs["state"]["running"]["startedAt"]) >= since
+            for cs in statuses
+        )
+        if not fresh:
+            stale.append(f"{meta['namespace']}/{meta['name']}")
+    return stale
 
 
 def _default_sa_exists() -> bool:
@@ -241,6 +274,20 @@ def leftover_netns() -> list[str]:
     return sorted(set(found))
 
 
+def _unmount_hidden() -> None:
+    """Remove pod netns mounts hidden under a bind mount that someone stacked on /run/netns
+    after they were made (see network.share_netns_dir): lift the stack, then unmount them."""
+    netns_dir = Path("/run/netns")
+    for _ in range(8):
+        if not network.is_mountpoint(netns_dir):
+            break
+        run(["umount", "-l", str(netns_dir)], check=False)
+    for point in sorted(set(stale_mounts()), key=len, reverse=True):
+        run(["umount", "-l", point], check=False)
+        with contextlib.suppress(OSError):
+            Path(point).unlink()
+
+
 def _cleanup_runtime() -> None:
     _kill_workloads()
     # Deepest first, lazily: a busy mount must not stop recovery.
@@ -250,6 +297,8 @@ def _cleanup_runtime() -> None:
         run(["ip", "netns", "delete", Path(ns).name], check=False)
         with contextlib.suppress(OSError):
             Path(ns).unlink()
+    if stale_mounts():
+        _unmount_hidden()
     # Release the dead pods' addresses but keep host-local's last_reserved_ip, so new pods get
     # fresh addresses: Endpoints still naming an old pod IP must not reach a different pod.
     leases = layout.CNI_STATE / "networks" / layout.CNI_NETWORK
@@ -324,6 +373,18 @@ def _dns_addon() -> bytes:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": [svc, eps]}).encode()
 
 
+def _wait_workloads(since: float, timeout: float = 120) -> None:
+    """After a restart, wait until every pod on the node runs again and is ready, so callers
+    do not act on the pods' pre-restart status (their old IPs in Endpoints, say)."""
+    deadline = time.monotonic() + timeout
+    stale = stale_pods(since)
+    while stale and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stale = stale_pods(since)
+    if stale:
+        log.warning("pods not back after %.0f s: %s", timeout, ", ".join(stale[:5]))
+
+
 def up(project: Path | None) -> float:
     """Bring the cluster up (or reuse it); return the seconds it took."""
     t0 = time.monotonic()
@@ -334,6 +395,8 @@ def up(project: Path | None) -> float:
         log.info("cluster already running and healthy: reusing it")
     else:
         stop_all()
+        # Seconds are the granularity of Kubernetes timestamps.
+        restarted = float(int(time.time()))
         network.setup()
         layout.CNI_CONF_DIR.mkdir(parents=True, exist_ok=True)
         (layout.CNI_CONF_DIR / "10-tdc-pods.conflist").write_text(
@@ -346,8 +409,9 @@ def up(project: Path | None) -> float:
         _kubectl("apply", "-f", "-", input=_dns_addon())
         for name in ORDER[3:]:
             _start(name)
-        _wait("node", node_ready, 120, Daemon("kubelet"))
+        _wait("node", lambda: node_ready(since=restarted), 120, Daemon("kubelet"))
         _wait("default service account", _default_sa_exists, 60, None)
+        _wait_workloads(restarted)
     # Guards again: kube-proxy inserts its own FORWARD rules on start; ours must stay first.
     network.install_guards()
     if project is not None:

@@ -69,8 +69,29 @@ def _link_exists(name: str) -> bool:
     return Path(f"/sys/class/net/{name}").exists()
 
 
+def is_mountpoint(path: Path) -> bool:
+    """Whether `path` is a mount point (per /proc/self/mountinfo)."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def share_netns_dir() -> None:
+    """Make /run/netns a shared mount of itself, as `ip netns add` does on first use.
+
+    If it were not one when containerd mounts pod network namespaces there, a later
+    `ip netns add` (by anyone) would stack a bind mount over the directory and hide those
+    mounts, which could then never be removed.
+    """
+    netns_dir = Path("/run/netns")
+    netns_dir.mkdir(parents=True, exist_ok=True)
+    if not is_mountpoint(netns_dir):
+        run(["mount", "--bind", str(netns_dir), str(netns_dir)])
+    run(["mount", "--make-shared", str(netns_dir)])
+
+
 def setup() -> None:
     """Create bridges, addresses, routes, sysctls and guard chains (idempotent)."""
+    share_netns_dir()
     _sysctl("net/ipv4/ip_forward", "1")
     # Service traffic between pods on one bridge must pass iptables for kube-proxy's DNAT.
     _sysctl("net/bridge/bridge-nf-call-iptables", "1")

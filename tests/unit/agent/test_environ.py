@@ -31,9 +31,14 @@ def test_reads_a_fake_environ(tmp_path: Path) -> None:
 def test_reads_a_real_process_environ() -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "SHOP_MODE": "staging", "X": "1 2"}
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], env=env, stdin=subprocess.PIPE
+        [sys.executable, "-c", "print('up', flush=True); import sys; sys.stdin.read()"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
+        # Until the child has exec'd, /proc/PID/environ is still the parent's.
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
         got = read_environ(child.pid)
     finally:
         child.communicate()
