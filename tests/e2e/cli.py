@@ -107,8 +107,9 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str
     return errors[0]
 
 
-def http_get(port: int, path: str = "/", within: float = 10) -> dict[str, object]:
-    """GET http://127.0.0.1:port/path and decode the JSON answer."""
+def http_get(port: int, path: str = "/", within: float = 30) -> dict[str, object]:
+    """GET http://127.0.0.1:port/path and decode the JSON answer. The first request of a
+    session waits in the listen backlog until the agent is up, hence the generous timeout."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=within) as resp:

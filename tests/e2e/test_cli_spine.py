@@ -201,7 +201,7 @@ def test_sigkilled_client_leaves_an_agent_that_exits_by_itself(tmp_path: Path) -
     try:
         wait_port(port)
         # The port is bound before the agent exists; a served request proves the session is up.
-        assert http_get(port)["service"] == "backend"
+        assert http_get(port, within=60)["service"] == "backend"
         assert agent_objects("shop")[0] == env_before[0] + 1
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
