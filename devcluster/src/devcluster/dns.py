@@ -13,6 +13,8 @@ import argparse
 import ipaddress
 import logging
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -314,6 +316,38 @@ class _Handler(DNSHandler):  # type: ignore[misc]
     udplen = 512
 
 
+class _TCPHandler(DNSHandler):  # type: ignore[misc]
+    """Several queries per connection (RFC 7766): glibc with `options use-vc` pipelines its A
+    and AAAA queries on one connection; dnslib's handler would answer one and hang up."""
+
+    def handle(self) -> None:
+        self.protocol = "tcp"  # get_reply consults it (no truncation over TCP)
+        sock = self.request
+        sock.settimeout(30)
+        while True:
+            header = _recv_exact(sock, 2)
+            if header is None:
+                return
+            data = _recv_exact(sock, struct.unpack("!H", header)[0])
+            if data is None:
+                return
+            reply: bytes = self.get_reply(data)
+            sock.sendall(struct.pack("!H", len(reply)) + reply)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    buf = b""
+    try:
+        while len(buf) < size:
+            chunk = sock.recv(size - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+    except OSError:
+        return None
+    return buf
+
+
 class ServerHandle:
     """Running UDP and TCP listeners; ``port`` is the bound port (useful with port 0)."""
 
@@ -342,7 +376,9 @@ def start_servers(
         udp = DNSServer(resolver, address=listen, port=port, logger=logger, handler=_Handler)
         bound: int = udp.server.server_address[1]
         try:
-            tcp = DNSServer(resolver, address=listen, port=bound, tcp=True, logger=logger)
+            tcp = DNSServer(
+                resolver, address=listen, port=bound, tcp=True, logger=logger, handler=_TCPHandler
+            )
         except OSError:
             udp.server.server_close()
             if port or attempt == 19:

@@ -14,6 +14,8 @@ import click
 
 from tether import __version__
 from tether.config import ConfigError, TetherConfig, config_schema, load_config, merge_cli
+from tether.intercept.launcher import LaunchError
+from tether.intercept.seccomp import UnsupportedKernelError
 from tether.kube.errors import KubeError
 from tether.local.forward import (
     ForwardSpecError,
@@ -33,6 +35,8 @@ _USER_ERRORS = (
     ForwardSpecError,
     RemoteOpError,
     TunnelClosedError,
+    UnsupportedKernelError,
+    LaunchError,
     OSError,
 )
 
@@ -42,14 +46,19 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def run_async(main: Awaitable[int]) -> int:
-    """Run `main`; SIGTERM and Ctrl-C cancel it so its cleanup (the agent Job) still runs."""
+def run_async(main: Awaitable[int], *, cancel_on_signals: bool = True) -> int:
+    """Run `main`; SIGTERM and Ctrl-C cancel it so its cleanup (the agent Job) still runs.
+
+    With `cancel_on_signals` False (`tether exec`), signals are left to `main`, which forwards
+    them to the child and ends when the child does.
+    """
 
     async def wrapper() -> int:
         task = asyncio.ensure_future(main)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+        if cancel_on_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, task.cancel)
         try:
             return await task
         except asyncio.CancelledError:
@@ -187,6 +196,24 @@ def port_forward(local: tuple[str, ...], **opts: Any) -> None:
         return 0
 
     sys.exit(run_async(go()))
+
+
+@main.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@target_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(command: tuple[str, ...], **opts: Any) -> None:
+    """Run COMMAND locally in the target's context: its env, files, network and DNS."""
+    from tether.local.execute import run_exec
+
+    try:
+        config, progress = build_config(opts)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    sys.exit(run_async(run_exec(config, list(command), progress), cancel_on_signals=False))
 
 
 @main.command()

@@ -65,27 +65,38 @@ def merge_cli(config: TetherConfig, **overrides: object) -> TetherConfig:
     """A copy of `config` with every non-None override applied.
 
     Keys are top-level fields (`target`, `namespace`, `context`, `kubeconfig`) or a section's
-    field as `SECTION_FIELD` (e.g. `agent_image`, `agent_port`, `env_exclude`). The result is
+    field as `SECTION_FIELD`, nested sections joined the same way (e.g. `agent_image`,
+    `env_exclude`, `fs_mode`, `network_outgoing_mode`, `network_dns_enabled`). The result is
     validated again, so a bad value raises ConfigError naming "command line".
     """
     data = config.model_dump()
-    sections = {
-        name
-        for name, field in TetherConfig.model_fields.items()
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-    }
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in TetherConfig.model_fields and key not in sections:
-            data[key] = value
-            continue
-        section, _, field = key.partition("_")
-        if section in sections and field in data[section]:
-            data[section][field] = value
-            continue
-        raise TypeError(f"merge_cli: unknown override {key!r}")
+        if not _override(data, TetherConfig, key, value):
+            raise TypeError(f"merge_cli: unknown override {key!r}")
     return validate_config(data, "command line")
+
+
+def _override(data: dict[str, Any], model: type[BaseModel], key: str, value: object) -> bool:
+    # Field names hold underscores too, so try each field as a prefix rather than splitting.
+    for name, field in model.model_fields.items():
+        section = _section_model(field.annotation)
+        if section is None:
+            if key == name:
+                data[name] = value
+                return True
+        elif key.startswith(name + "_") and _override(
+            data[name], section, key[len(name) + 1 :], value
+        ):
+            return True
+    return False
+
+
+def _section_model(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
 
 
 def config_schema() -> dict[str, Any]:
@@ -104,7 +115,9 @@ def describe_validation_error(exc: ValidationError) -> str:
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
             parts.append(f"{where}: unknown key{hint}")
         else:
-            parts.append(f"{where}: {error['msg']}")
+            # Our validators raise ValueError with a full sentence; pydantic's prefix is noise.
+            message = error["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
 
@@ -122,10 +135,10 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
     model: type[BaseModel] = TetherConfig
     for item in loc:
         field = model.model_fields.get(str(item))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        section = _section_model(field.annotation) if field is not None else None
+        if section is None:
             return []
-        model = annotation
+        model = section
     return list(model.model_fields)
 
 

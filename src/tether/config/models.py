@@ -3,9 +3,12 @@
 The field descriptions feed `tether schema`, so they are written for users.
 """
 
-from typing import Literal
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/tether-dev/tether-agent:0.1.0"
 DEFAULT_AGENT_PORT = 47047
@@ -83,6 +86,328 @@ class EnvConfig(BaseModel):
     )
 
 
+# --- Pattern syntax, shared by the models (validation) and tether.local.rules (matching). ---
+
+PATH_PATTERN_HELP = (
+    "Path patterns are globs on absolute paths: `*` and `?` match within one path component "
+    "(dotfiles included), `[abc]`/`[!abc]` a character class, and `**` as a whole component any "
+    "number of components (`/etc/shop/**` is /etc/shop and everything below it, as is "
+    "`/etc/shop/`). A pattern starting with `~/` is under the local home directory; one not "
+    "starting with `/` matches at any depth (`*.py`, `node_modules/**`, `.env`)."
+)
+
+NAME_PATTERN_HELP = (
+    "Name patterns are case-insensitive globs on DNS names: `*` matches any characters, dots "
+    "included (`*.svc.cluster.local`, `db-?.internal.example.com`); a trailing dot is ignored."
+)
+
+OUTGOING_FILTER_HELP = (
+    "Each entry is `HOST[:PORT]`, `CIDR[:PORT]` or `:PORT`; HOST is an IP address or a name "
+    "pattern matched against the name the process looked up (`*.svc.cluster.local`, "
+    "`db.example.com:5432`, `10.0.0.0/8`, `[fd00::1]:443`, `:6379`); `*` or an empty HOST is "
+    "any host. IPv6 with a port goes in brackets."
+)
+
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_*?.-]+")
+_NUMERIC_HOST = re.compile(r"[0-9.]+|.*[:/].*")
+
+
+def path_pattern_regex(pattern: str, home: str = "/~") -> str:
+    """The regex (for `re.fullmatch` on an absolute, normalized path) of a path pattern.
+
+    See PATH_PATTERN_HELP for the syntax; `~/` expands to `home`. Raises ValueError on a
+    malformed pattern.
+    """
+    if not pattern:
+        raise ValueError("empty path pattern")
+    if "\0" in pattern:
+        raise ValueError(f"path pattern {pattern!r} contains a NUL byte")
+    if pattern == "~" or pattern.startswith("~/"):
+        pattern = (home.rstrip("/") + pattern[1:]) or "/"
+    elif pattern.startswith("~"):
+        raise ValueError(f"path pattern {pattern!r}: only `~/` (the local home) is supported")
+    anchored = pattern.startswith("/")
+    segments = pattern.split("/")
+    if anchored:
+        segments = segments[1:]
+    if segments[-1] == "" and (anchored or len(segments) > 1):
+        # A trailing slash names a directory; it means the directory and all below it.
+        segments[-1] = "**"
+    regex = ""
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "**":
+            # `(?:/.*)?` at the end also matches the directory itself; inside, zero or more
+            # whole components.
+            regex += "(?:/.*)?" if last else "(?:/[^/]+)*"
+            continue
+        if segment in ("", ".", ".."):
+            shown = "an empty component" if segment == "" else f"a {segment!r} component"
+            raise ValueError(f"path pattern {pattern!r} has {shown}")
+        if "**" in segment:
+            raise ValueError(f"path pattern {pattern!r}: `**` must be a whole path component")
+        regex += "/" + _segment_regex(segment, pattern)
+    if not anchored:
+        regex = "(?:/[^/]+)*" + regex
+    return regex or "/"
+
+
+def _segment_regex(segment: str, pattern: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(segment):
+        char = segment[i]
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            start = i + 1
+            negate = segment[start : start + 1] == "!"
+            if negate:
+                start += 1
+            # A `]` right after the opening bracket is a member, as in shell globs.
+            end = segment.find("]", start + 1)
+            if end < 0:
+                raise ValueError(f"path pattern {pattern!r}: unclosed `[`")
+            members = "".join("\\" + c if c in "\\]^[" else c for c in segment[start:end])
+            # A range such as `+-0` spans `/`, which a component never holds.
+            out.append(f"[^/{members}]" if negate else f"(?!/)[{members}]")
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out)
+
+
+def name_pattern_regex(pattern: str) -> str:
+    """The regex (for `re.fullmatch` on a lower-cased name without trailing dot) of a name
+    pattern; see NAME_PATTERN_HELP. Raises ValueError on a malformed pattern."""
+    name = pattern.lower().removesuffix(".")
+    if not name or not _NAME_CHARS.fullmatch(name) or name.startswith(".") or ".." in name:
+        raise ValueError(f"{pattern!r} is not a DNS name pattern")
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in name)
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class OutgoingFilter:
+    """One parsed `network.outgoing` entry: an address range or a name pattern, and a port.
+
+    At most one of `network` and `name` is set; neither means any host. `port` None means any.
+    """
+
+    network: IPNetwork | None
+    name: str | None
+    port: int | None
+
+
+def parse_outgoing_filter(entry: str) -> OutgoingFilter:
+    """Parse `HOST[:PORT]`, `CIDR[:PORT]` or `:PORT` (see OUTGOING_FILTER_HELP).
+
+    Raises ValueError naming the entry when it is malformed.
+    """
+    try:
+        return _parse_outgoing_filter(entry)
+    except ValueError as exc:
+        raise ValueError(f"bad filter {entry!r}: {exc}") from None
+
+
+def _parse_outgoing_filter(entry: str) -> OutgoingFilter:
+    if not entry:
+        raise ValueError("empty")
+    port_text: str | None = None
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket:
+            raise ValueError("unclosed `[`")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("expected `:PORT` after `]`")
+            port_text = rest[1:]
+        network = _network(host)
+        if network.version != 6:
+            raise ValueError("brackets are for IPv6 addresses")
+        return OutgoingFilter(network, None, _port(port_text))
+    if entry.count(":") > 1:
+        # Several colons and no brackets: a bare IPv6 address or range, which takes no port.
+        return OutgoingFilter(_network(entry), None, None)
+    host, colon, port_part = entry.partition(":")
+    if colon:
+        port_text = port_part
+    port = _port(port_text)
+    if not host:
+        if port is None:
+            raise ValueError("expected HOST, CIDR or :PORT")
+        return OutgoingFilter(None, None, port)
+    if host == "*":
+        return OutgoingFilter(None, None, port)
+    if _NUMERIC_HOST.fullmatch(host):
+        return OutgoingFilter(_network(host), None, port)
+    name = host.lower().removesuffix(".")
+    name_pattern_regex(name)
+    return OutgoingFilter(None, name, port)
+
+
+def _network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(str(exc) or f"{text!r} is not an IP address or CIDR") from None
+
+
+def _port(text: str | None) -> int | None:
+    if text is None:
+        return None
+    # isdigit() alone admits non-ASCII digits, which no one means in a port.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def _check_path_pattern(pattern: str) -> str:
+    path_pattern_regex(pattern)
+    return pattern
+
+
+def _check_name_pattern(pattern: str) -> str:
+    name_pattern_regex(pattern)
+    return pattern
+
+
+def _check_filter(entry: str) -> str:
+    parse_outgoing_filter(entry)
+    return entry
+
+
+def _is_always_local(network: IPNetwork) -> bool:
+    if network.version == 4:
+        return network.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")) or (
+            network == ipaddress.IPv4Network("0.0.0.0/32")
+        )
+    return network in (ipaddress.IPv6Network("::1/128"), ipaddress.IPv6Network("::/128"))
+
+
+def _check_remote_filter(entry: str) -> str:
+    parsed = parse_outgoing_filter(entry)
+    if parsed.network is not None and _is_always_local(parsed.network):
+        # Loopback always stays local; accepting it here would silently do nothing.
+        raise ValueError(
+            f"bad filter {entry!r}: loopback and unspecified addresses are always local"
+        )
+    return entry
+
+
+PathPattern = Annotated[str, AfterValidator(_check_path_pattern)]
+NamePattern = Annotated[str, AfterValidator(_check_name_pattern)]
+OutgoingFilterEntry = Annotated[str, AfterValidator(_check_filter)]
+RemoteFilterEntry = Annotated[str, AfterValidator(_check_remote_filter)]
+
+
+class FsConfig(BaseModel):
+    """Which side serves each file the local process opens: the target's or this machine's.
+
+    Explicit patterns win (not_found, then local, then read_write, then read_only); then the
+    built-in defaults (system trees, the working and home directories, interpreter and library
+    files are local; /etc/resolv.conf, /etc/hosts and /etc/hostname are the target's); then
+    `mode`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["local", "read", "write"] = Field(
+        default="read",
+        description='"read": other files are read from the target, writes go to local files; '
+        '"write": other files are read and written on the target; "local": every file is '
+        "local except those the patterns send to the target.",
+    )
+    local: list[PathPattern] = Field(
+        default_factory=list,
+        description="Path patterns always served by this machine. " + PATH_PATTERN_HELP,
+    )
+    read_only: list[PathPattern] = Field(
+        default_factory=list,
+        description="Path patterns read from the target; opening one for writing fails with "
+        "EROFS (read-only file system). " + PATH_PATTERN_HELP,
+    )
+    read_write: list[PathPattern] = Field(
+        default_factory=list,
+        description="Path patterns read and written on the target, even in read mode. "
+        + PATH_PATTERN_HELP,
+    )
+    not_found: list[PathPattern] = Field(
+        default_factory=list,
+        description="Path patterns that appear not to exist (ENOENT), locally or on the "
+        "target. " + PATH_PATTERN_HELP,
+    )
+
+
+class OutgoingConfig(BaseModel):
+    """Which side makes the local process's outgoing connections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["remote", "local"] = Field(
+        default="remote",
+        description='Where connections no filter matches are made: "remote" (from the target '
+        'pod\'s network) or "local" (from this machine). Loopback is always local.',
+    )
+    remote: list[RemoteFilterEntry] = Field(
+        default_factory=list,
+        description="Destinations always connected from the target's network. "
+        + OUTGOING_FILTER_HELP,
+    )
+    local: list[OutgoingFilterEntry] = Field(
+        default_factory=list,
+        description="Destinations always connected from this machine; wins over `remote`. "
+        + OUTGOING_FILTER_HELP,
+    )
+    udp: bool = Field(
+        default=True,
+        description="Send connected UDP sockets through the target too (false: all UDP stays "
+        "local, whatever the filters say).",
+    )
+
+
+class DnsConfig(BaseModel):
+    """Which side resolves the names the local process looks up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Resolve names as the target does (its resolv.conf search list, /etc/hosts "
+        "and cluster DNS); false: locally, except the `remote` patterns.",
+    )
+    local: list[NamePattern] = Field(
+        default_factory=list,
+        description="Names always resolved on this machine (localhost and *.localhost always "
+        "are). " + NAME_PATTERN_HELP,
+    )
+    remote: list[NamePattern] = Field(
+        default_factory=list,
+        description="Names resolved by the target even when `enabled` is false (`local` wins). "
+        + NAME_PATTERN_HELP,
+    )
+
+
+class NetworkConfig(BaseModel):
+    """The local process's network: outgoing connections and DNS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outgoing: OutgoingConfig = Field(
+        default_factory=OutgoingConfig,
+        description="Outgoing connections (TCP, connected UDP).",
+    )
+    dns: DnsConfig = Field(
+        default_factory=DnsConfig,
+        description="Name resolution.",
+    )
+
+
 class TetherConfig(BaseModel):
     """tether's configuration: a tether.toml / tether.yaml / tether.json file."""
 
@@ -112,4 +437,12 @@ class TetherConfig(BaseModel):
     env: EnvConfig = Field(
         default_factory=EnvConfig,
         description="Environment variables taken from the target.",
+    )
+    fs: FsConfig = Field(
+        default_factory=FsConfig,
+        description="Which files come from the target and which from this machine.",
+    )
+    network: NetworkConfig = Field(
+        default_factory=NetworkConfig,
+        description="Outgoing connections and DNS: through the target or from this machine.",
     )

@@ -224,11 +224,28 @@ def test_cli_bad_value_and_unknown_key() -> None:
 def test_schema_has_descriptions() -> None:
     schema = config_schema()
     props = schema["properties"]
-    assert set(props) == {"target", "namespace", "context", "kubeconfig", "agent", "env"}
+    assert set(props) == {
+        "target",
+        "namespace",
+        "context",
+        "kubeconfig",
+        "agent",
+        "env",
+        "fs",
+        "network",
+    }
     for name in props:
         assert props[name].get("description"), name
     defs = schema["$defs"]
-    for model in ("AgentConfig", "EnvConfig"):
+    assert set(defs) == {
+        "AgentConfig",
+        "EnvConfig",
+        "FsConfig",
+        "NetworkConfig",
+        "OutgoingConfig",
+        "DnsConfig",
+    }
+    for model in defs:
         assert defs[model].get("description"), model
         assert defs[model]["additionalProperties"] is False
         for field, spec in defs[model]["properties"].items():

@@ -197,3 +197,28 @@ def test_real_udp_and_tcp_server(server: ServerHandle) -> None:
     reply = dns.query.udp(nx, "127.0.0.1", port=server.port, timeout=5)
     assert reply.rcode() == dns.rcode.NXDOMAIN
     assert reply.authority[0].rdtype == dns.rdatatype.SOA
+
+
+def test_tcp_connection_carries_several_pipelined_queries() -> None:
+    """glibc with `options use-vc` sends A and AAAA back to back on one connection."""
+    import socket as _socket
+    import struct as _struct
+
+    records = ClusterRecords()
+    records.upsert_service("shop", "backend", "198.19.0.20", [])
+    handle = start_servers(records, "127.0.0.1", 0)
+    try:
+        queries = [
+            DNSRecord.question("backend.shop.svc.cluster.local", qtype).pack()
+            for qtype in ("A", "AAAA")
+        ]
+        with _socket.create_connection(("127.0.0.1", handle.port), timeout=5) as sock:
+            sock.sendall(b"".join(_struct.pack("!H", len(q)) + q for q in queries))
+            replies = []
+            for _ in queries:
+                (length,) = _struct.unpack("!H", sock.recv(2, _socket.MSG_WAITALL))
+                replies.append(DNSRecord.parse(sock.recv(length, _socket.MSG_WAITALL)))
+        assert [str(r.rr[0].rdata) for r in replies if r.rr] == ["198.19.0.20"]
+        assert replies[1].header.rcode == RCODE.NOERROR and not replies[1].rr
+    finally:
+        handle.stop()

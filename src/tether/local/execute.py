@@ -1,0 +1,147 @@
+"""`tether exec`: run a local command with the target's env, files, network and DNS.
+
+Order matters: the session and everything the supervisor needs (remote env, hostname, the
+files tether serves, the loopback proxy) exist before the child is forked, because from its
+exec on every trapped syscall waits for the supervisor.
+"""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from tether.config import TetherConfig
+from tether.intercept.launcher import forward_signals, spawn, wait_status_to_exit_code
+from tether.intercept.seccomp import require_kernel
+from tether.local.environment import compose_env
+from tether.local.outgoing import OutgoingProxy
+from tether.local.progress import Progress
+from tether.local.remote_fs import RemoteFiles
+from tether.local.rules import FileRules, NetRules
+from tether.local.served import nsswitch_for_process, resolv_conf_for_process
+from tether.local.session import open_session
+from tether.local.supervisor import TRAPPED, Supervisor
+from tether.tunnel import RemoteOpError
+
+
+def _local_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+async def _wait_exit(pid: int) -> int:
+    """Wait for the child without a SIGCHLD watcher: a pidfd turns readable when it exits."""
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(pid)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def exited() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, exited)
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    # The pidfd said it exited: this waitpid does not block.
+    _, status = os.waitpid(pid, 0)  # noqa: ASYNC222
+    code: int = wait_status_to_exit_code(status)
+    return code
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every descendant (used only if the supervisor failed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(current, signal.SIGKILL)
+
+
+async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) -> int:
+    """Run `argv` in the target's context; return its exit status (127 if not found)."""
+    require_kernel()
+    local_env = dict(os.environ)
+    executable = shutil.which(argv[0], path=local_env.get("PATH")) or argv[0]
+    cwd, home = str(Path.cwd()), str(Path.home())
+    executable = str(Path(cwd, executable))
+    async with open_session(config, progress) as session:
+        tunnel = session.tunnel
+        remote_env = (
+            await tunnel.request(
+                "env", {"include": config.env.include, "exclude": config.env.exclude}
+            )
+        )["env"]
+        hostname = (await tunnel.request("hostname", {}))["hostname"]
+        served: dict[str, bytes] = {}
+        dns = config.network.dns.enabled and config.fs.mode != "local"
+        if dns:
+            try:
+                resolv = await RemoteFiles(tunnel).read_text("/etc/resolv.conf")
+            except RemoteOpError:
+                resolv = ""
+            served["/etc/resolv.conf"] = resolv_conf_for_process(resolv).encode()
+            served["/etc/nsswitch.conf"] = nsswitch_for_process(
+                _local_text("/etc/nsswitch.conf")
+            ).encode()
+        env = compose_env(local_env, remote_env, config.env.override)
+        files = FileRules(
+            config.fs,
+            cwd=cwd,
+            home=home,
+            executable=executable,
+            temp_dirs=[tempfile.gettempdir()],
+            remote_dns_files=dns,
+        )
+        proxy = OutgoingProxy(progress)
+        await proxy.start()
+        loop = asyncio.get_running_loop()
+        launch = spawn(argv, env, TRAPPED)
+        supervisor = Supervisor(
+            launch.listener,
+            tunnel,
+            files,
+            NetRules(config.network),
+            proxy,
+            progress,
+            hostname=hostname,
+            served=served,
+        )
+        supervisor.attach(loop)
+        uninstall = forward_signals(launch.pid, loop)
+        progress.detail(f"started {argv[0]} (pid {launch.pid})")
+        try:
+            code = await _wait_exit(launch.pid)
+        except BaseException:
+            _kill_tree(launch.pid)
+            raise
+        finally:
+            uninstall()
+            supervisor.detach(loop)
+            launch.listener.close()
+            await proxy.close()
+        error = launch.exec_error()
+        if error is not None:
+            print(error, file=sys.stderr, flush=True)
+        if supervisor.failure is not None:
+            progress.warn(f"the interceptor hit an internal error: {supervisor.failure}")
+        progress.detail(f"{supervisor.count} syscalls intercepted")
+        return code

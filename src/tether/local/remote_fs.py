@@ -1,0 +1,86 @@
+"""Remote files for an intercepted process: content fetched from the agent into a memfd, so the
+process reads, seeks, mmaps and fstats it natively; metadata calls answered from the agent."""
+
+import os
+from pathlib import PurePosixPath
+from typing import Any
+
+from tether.tunnel import Tunnel
+
+# Below the protocol's per-response cap.
+CHUNK = 192 * 1024
+
+
+class RemoteFiles:
+    """File operations on the target's filesystem for the supervisor."""
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+
+    async def read_into_memfd(self, path: str) -> int:
+        """A memfd (our fd) holding the remote file's bytes, read in chunks so a big file never
+        sits in memory whole. Raises RemoteOpError (with errno) if the agent cannot open it."""
+        opened = await self.tunnel.request("fs.open", {"path": path, "flags": os.O_RDONLY})
+        handle = opened["handle"]
+        fd = os.memfd_create(PurePosixPath(path).name or "tether", os.MFD_CLOEXEC)
+        try:
+            offset = 0
+            while True:
+                data = await self.tunnel.request(
+                    "fs.read", {"handle": handle, "offset": offset, "size": CHUNK}
+                )
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                offset += len(data)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            await self.tunnel.request("fs.close", {"handle": handle})
+        return fd
+
+    async def read_text(self, path: str) -> str:
+        """A small remote file as text."""
+        fd = await self.read_into_memfd(path)
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read().decode(errors="replace")
+        finally:
+            os.close(fd)
+
+    async def stat(self, path: str, follow: bool) -> dict[str, int]:
+        """The remote stat result as a dict of st_* fields."""
+        result: dict[str, int] = await self.tunnel.request(
+            "fs.stat", {"path": path, "follow": follow}
+        )
+        return result
+
+    async def access(self, path: str, mode: int) -> None:
+        """Raise RemoteOpError unless `mode` access is allowed remotely."""
+        await self.tunnel.request("fs.access", {"path": path, "mode": mode})
+
+    async def readlink(self, path: str) -> str:
+        """A remote symlink's target."""
+        target: str = await self.tunnel.request("fs.readlink", {"path": path})
+        return target
+
+    async def write_back(self, path: str, fd: int) -> None:
+        """Replace the remote file's content with our fd's (write mode's close)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        opened: dict[str, Any] = await self.tunnel.request(
+            "fs.open", {"path": path, "flags": flags, "mode": 0o644}
+        )
+        handle = opened["handle"]
+        try:
+            offset = 0
+            while chunk := os.pread(fd, CHUNK, offset):
+                await self.tunnel.request(
+                    "fs.write", {"handle": handle, "offset": offset, "data": chunk}
+                )
+                offset += len(chunk)
+        finally:
+            await self.tunnel.request("fs.close", {"handle": handle})

@@ -1,0 +1,399 @@
+"""The seccomp supervisor: answers the intercepted process tree's trapped syscalls.
+
+Runs on tether's event loop: the listener fd is watched with `add_reader`; each notification is
+decided at once when it can be (CONTINUE for local files, an errno, a write-back of emulated
+results) and handed to a task when it needs the agent (remote files, outgoing connects).
+Replies may go out of order: each carries its notification id. Nothing here may raise out of
+a handler: a dead supervisor would make every trapped syscall fail with ENOSYS.
+"""
+
+import asyncio
+import errno
+import logging
+import os
+import posixpath
+import socket
+import struct
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from tether.intercept.memory import (
+    dup_from,
+    pack_sockaddr,
+    pack_stat,
+    pack_statx,
+    parse_sockaddr,
+    read_bytes,
+    read_cstring,
+    tgid_of,
+    write_bytes,
+)
+from tether.intercept.seccomp import Listener, Notification, Syscall
+from tether.local.outgoing import OutgoingProxy
+from tether.local.progress import Progress
+from tether.local.remote_fs import RemoteFiles
+from tether.local.rules import FileAction, FileRules, NetRules, Side
+from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
+
+log = logging.getLogger("tether.supervisor")
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_UTSNAME_FIELD = 65
+
+# Every syscall the filter traps. stat-like calls are trapped so remote paths exist for the
+# process; uname so it sees the pod's hostname; listen so incoming traffic knows the ports.
+TRAPPED = (
+    Syscall.open, Syscall.openat, Syscall.openat2, Syscall.stat, Syscall.lstat,
+    Syscall.newfstatat, Syscall.statx, Syscall.access, Syscall.faccessat, Syscall.faccessat2,
+    Syscall.readlink, Syscall.readlinkat, Syscall.connect, Syscall.getpeername, Syscall.uname,
+    Syscall.listen,
+)  # fmt: skip
+
+
+def _i32(value: int) -> int:
+    """A syscall argument (u64) as the C int it holds."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+class Supervisor:
+    """Serves one intercepted process tree."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        tunnel: Tunnel,
+        files: FileRules,
+        net: NetRules,
+        proxy: OutgoingProxy,
+        progress: Progress,
+        *,
+        hostname: str,
+        served: dict[str, bytes],
+    ) -> None:
+        self.listener = listener
+        self.tunnel = tunnel
+        self.files = files
+        self.net = net
+        self.proxy = proxy
+        self.progress = progress
+        self.hostname = hostname
+        self.served = served
+        self.remote = RemoteFiles(tunnel)
+        self.listening: set[int] = set()
+        self.peers: dict[int, tuple[int, str, int]] = {}  # socket inode -> original peer
+        self.failure: BaseException | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[int, Callable[[Notification], None]] = {
+            Syscall.open: self._open,
+            Syscall.openat: self._open,
+            Syscall.openat2: self._open,
+            Syscall.stat: self._stat,
+            Syscall.lstat: self._stat,
+            Syscall.newfstatat: self._stat,
+            Syscall.statx: self._stat,
+            Syscall.access: self._access,
+            Syscall.faccessat: self._access,
+            Syscall.faccessat2: self._access,
+            Syscall.readlink: self._readlink,
+            Syscall.readlinkat: self._readlink,
+            Syscall.connect: self._connect,
+            Syscall.getpeername: self._getpeername,
+            Syscall.uname: self._uname,
+            Syscall.listen: self._listen,
+        }
+        self.count = 0
+
+    # -- loop integration ------------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start serving notifications on `loop`."""
+        loop.add_reader(self.listener.fileno(), self._on_readable)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop serving (the process tree is gone)."""
+        loop.remove_reader(self.listener.fileno())
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _on_readable(self) -> None:
+        try:
+            notif = self.listener.receive()
+            if notif is None:
+                return
+            self.count += 1
+            handler = self._handlers.get(notif.nr)
+            if handler is None:
+                self.listener.respond_continue(notif.id)
+                return
+            try:
+                handler(notif)
+            except OSError as exc:
+                # The target vanished mid-way (ESRCH), or its memory was unreadable (EFAULT).
+                self.listener.respond_error(notif.id, exc.errno or errno.EIO)
+        except Exception as exc:  # the supervisor must not die: record and keep serving
+            log.exception("supervisor error")
+            self.failure = exc
+
+    def _spawn(self, notif: Notification, coro: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except RemoteOpError as exc:
+                self.listener.respond_error(notif.id, exc.error.errno or errno.EIO)
+            except TunnelClosedError:
+                self.listener.respond_error(notif.id, errno.EIO)
+            except OSError as exc:
+                self.listener.respond_error(notif.id, exc.errno or errno.EIO)
+            except Exception as exc:
+                log.exception("supervisor task error")
+                self.failure = exc
+                self.listener.respond_error(notif.id, errno.EIO)
+
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _path(self, notif: Notification, dirfd_arg: int | None, path_arg: int) -> str:
+        """The absolute, normalised path a call names (dirfd-relative and cwd-relative too)."""
+        raw = read_cstring(notif.pid, notif.args[path_arg]).decode(errors="surrogateescape")
+        if raw.startswith("/"):
+            return posixpath.normpath(raw)
+        dirfd = AT_FDCWD if dirfd_arg is None else _i32(notif.args[dirfd_arg])
+        if dirfd == AT_FDCWD:
+            base = str(Path(f"/proc/{notif.pid}/cwd").readlink())
+        else:
+            base = str(Path(f"/proc/{tgid_of(notif.pid)}/fd/{dirfd}").readlink())
+        return posixpath.normpath(posixpath.join(base, raw)) if raw else base
+
+    # -- open --------------------------------------------------------------------------------
+
+    def _open(self, notif: Notification) -> None:
+        nr = notif.nr
+        if nr == Syscall.open:
+            path = self._path(notif, None, 0)
+            flags = notif.args[1]
+        elif nr == Syscall.openat:
+            path = self._path(notif, 0, 1)
+            flags = notif.args[2]
+        else:  # openat2: flags live in struct open_how
+            path = self._path(notif, 0, 1)
+            flags = struct.unpack("<Q", read_bytes(notif.pid, notif.args[2], 8))[0]
+        write = bool(flags & _WRITE_FLAGS)
+        served = self.served.get(path)
+        if served is not None and not write:
+            self._serve_bytes(notif, served, flags)
+            return
+        action = self.files.decide(path, write=write)
+        if action is FileAction.LOCAL:
+            self.listener.respond_continue(notif.id)
+        elif action is FileAction.NOT_FOUND:
+            self.listener.respond_error(notif.id, errno.ENOENT)
+        elif write and action is FileAction.REMOTE_READ:
+            self.listener.respond_error(notif.id, errno.EROFS)
+        elif write:
+            # Write mode needs the file's writes to reach the pod; not supported yet.
+            self.listener.respond_error(notif.id, errno.EROFS)
+        elif flags & os.O_DIRECTORY:
+            self.listener.respond_continue(notif.id)
+        else:
+            self._spawn(notif, self._open_remote(notif, path, flags))
+
+    def _serve_bytes(self, notif: Notification, data: bytes, flags: int) -> None:
+        fd = os.memfd_create("tether", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+            self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
+        finally:
+            os.close(fd)
+
+    async def _open_remote(self, notif: Notification, path: str, flags: int) -> None:
+        try:
+            st = await self.remote.stat(path, follow=True)
+        except RemoteOpError as exc:
+            self.listener.respond_error(notif.id, exc.error.errno or errno.ENOENT)
+            return
+        if (st["st_mode"] & 0o170000) == 0o040000:
+            # Directories stay local for now (listing remote directories is not emulated).
+            self.listener.respond_continue(notif.id)
+            return
+        fd = await self.remote.read_into_memfd(path)
+        try:
+            self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
+        finally:
+            os.close(fd)
+
+    # -- stat, access, readlink --------------------------------------------------------------
+
+    def _remote_path(self, path: str) -> bool:
+        return path not in self.served and self.files.decide(path, write=False) not in (
+            FileAction.LOCAL,
+        )
+
+    def _stat(self, notif: Notification) -> None:
+        nr = notif.nr
+        if nr in (Syscall.stat, Syscall.lstat):
+            path_arg, dirfd_arg, flags, buf = 0, None, 0, notif.args[1]
+            follow = nr == Syscall.stat
+        elif nr == Syscall.newfstatat:
+            path_arg, dirfd_arg, flags, buf = 1, 0, notif.args[3], notif.args[2]
+            follow = not flags & AT_SYMLINK_NOFOLLOW
+        else:  # statx(dirfd, path, flags, mask, buf)
+            path_arg, dirfd_arg, flags, buf = 1, 0, notif.args[2], notif.args[4]
+            follow = not flags & AT_SYMLINK_NOFOLLOW
+        if flags & AT_EMPTY_PATH and read_bytes(notif.pid, notif.args[path_arg], 1) == b"\0":
+            self.listener.respond_continue(notif.id)  # fstat of an fd: native
+            return
+        path = self._path(notif, dirfd_arg, path_arg)
+        action = self.files.decide(path, write=False)
+        if action is FileAction.NOT_FOUND:
+            self.listener.respond_error(notif.id, errno.ENOENT)
+        elif path in self.served or action is FileAction.LOCAL:
+            self.listener.respond_continue(notif.id)
+        else:
+            self._spawn(notif, self._stat_remote(notif, path, follow, buf))
+
+    async def _stat_remote(self, notif: Notification, path: str, follow: bool, buf: int) -> None:
+        st = await self.remote.stat(path, follow)
+        statx = notif.nr == Syscall.statx
+        packed = pack_statx(st, notif.args[3]) if statx else pack_stat(st)
+        if self.listener.id_valid(notif.id):
+            write_bytes(notif.pid, buf, packed)
+            self.listener.respond_value(notif.id, 0)
+
+    def _access(self, notif: Notification) -> None:
+        if notif.nr == Syscall.access:
+            path, mode = self._path(notif, None, 0), notif.args[1]
+        else:
+            path, mode = self._path(notif, 0, 1), notif.args[2]
+        action = self.files.decide(path, write=False)
+        if action is FileAction.NOT_FOUND:
+            self.listener.respond_error(notif.id, errno.ENOENT)
+        elif path in self.served or action is FileAction.LOCAL:
+            self.listener.respond_continue(notif.id)
+        else:
+
+            async def remote_access() -> None:
+                await self.remote.access(path, mode)
+                self.listener.respond_value(notif.id, 0)
+
+            self._spawn(notif, remote_access())
+
+    def _readlink(self, notif: Notification) -> None:
+        if notif.nr == Syscall.readlink:
+            path, buf, size = self._path(notif, None, 0), notif.args[1], notif.args[2]
+        else:
+            path, buf, size = self._path(notif, 0, 1), notif.args[2], notif.args[3]
+        if not self._remote_path(path):
+            self.listener.respond_continue(notif.id)
+            return
+
+        async def remote_readlink() -> None:
+            target = (await self.remote.readlink(path)).encode(errors="surrogateescape")
+            data = target[: _i32(size)]
+            if self.listener.id_valid(notif.id):
+                write_bytes(notif.pid, buf, data)
+                self.listener.respond_value(notif.id, len(data))
+
+        self._spawn(notif, remote_readlink())
+
+    # -- network -----------------------------------------------------------------------------
+
+    def _connect(self, notif: Notification) -> None:
+        length = _i32(notif.args[2])
+        if length < 2:
+            self.listener.respond_continue(notif.id)
+            return
+        addr = parse_sockaddr(read_bytes(notif.pid, notif.args[1], min(length, 128)))
+        if addr is None or len(addr) != 3:
+            self.listener.respond_continue(notif.id)  # AF_UNIX and friends stay local
+            return
+        family, host, port = addr
+        dup = dup_from(notif.pid, _i32(notif.args[0]))
+        sock = socket.socket(fileno=dup)
+        try:
+            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        except OSError:
+            sock.close()
+            raise
+        if kind != socket.SOCK_STREAM or (
+            self.net.decide(host, port, hostname=None, proto="tcp") is Side.LOCAL
+        ):
+            sock.close()
+            self.listener.respond_continue(notif.id)
+            return
+        self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+
+    async def _connect_remote(
+        self, notif: Notification, sock: socket.socket, family: int, host: str, port: int
+    ) -> None:
+        try:
+            stream = await self.tunnel.open_stream("tcp", {"host": host, "port": port})
+            if not self.listener.id_valid(notif.id):
+                stream.reset("ECONNABORTED", "the application gave up", 103)
+                return
+            blocking = os.get_blocking(sock.fileno())
+            # The dup shares the app's open file description: connecting it connects the app's
+            # socket, to our loopback proxy, which then relays to the stream.
+            proxy = ("127.0.0.1", self.proxy.port) if family == socket.AF_INET else None
+            if proxy is None:
+                stream.reset("EAFNOSUPPORT", "IPv6 destinations are not redirected yet", 97)
+                self.listener.respond_error(notif.id, errno.ENETUNREACH)
+                return
+            err = sock.connect_ex(proxy)
+            if err not in (0, errno.EINPROGRESS, errno.EISCONN):
+                stream.reset("ECONNABORTED", os.strerror(err), err)
+                self.listener.respond_error(notif.id, err)
+                return
+            self.proxy.expect(int(sock.getsockname()[1]), stream)
+            self.peers[os.fstat(sock.fileno()).st_ino] = (family, host, port)
+            self.progress.detail(f"connect {host}:{port} -> via the pod")
+            if blocking or err == 0:
+                self.listener.respond_value(notif.id, 0)
+            else:
+                self.listener.respond_error(notif.id, errno.EINPROGRESS)
+        finally:
+            sock.close()
+
+    def _getpeername(self, notif: Notification) -> None:
+        dup = dup_from(notif.pid, _i32(notif.args[0]))
+        try:
+            peer = self.peers.get(os.fstat(dup).st_ino)
+        finally:
+            os.close(dup)
+        if peer is None:
+            self.listener.respond_continue(notif.id)
+            return
+        family, host, port = peer
+        data = pack_sockaddr(family, host, port)
+        (room,) = struct.unpack("<i", read_bytes(notif.pid, notif.args[2], 4))
+        write_bytes(notif.pid, notif.args[1], data[: max(0, room)])
+        write_bytes(notif.pid, notif.args[2], struct.pack("<i", len(data)))
+        self.listener.respond_value(notif.id, 0)
+
+    def _listen(self, notif: Notification) -> None:
+        try:
+            with socket.socket(fileno=dup_from(notif.pid, _i32(notif.args[0]))) as sock:
+                name = sock.getsockname()
+            if isinstance(name, tuple) and len(name) >= 2:
+                self.listening.add(int(name[1]))
+                self.progress.detail(f"the process listens on port {name[1]}")
+        finally:
+            self.listener.respond_continue(notif.id)
+
+    def _uname(self, notif: Notification) -> None:
+        fields = list(os.uname())
+        fields[1] = self.hostname
+        data = b"".join(
+            f.encode()[: _UTSNAME_FIELD - 1].ljust(_UTSNAME_FIELD, b"\0") for f in fields
+        )
+        data += b"\0" * _UTSNAME_FIELD  # domainname
+        write_bytes(notif.pid, notif.args[0], data)
+        self.listener.respond_value(notif.id, 0)

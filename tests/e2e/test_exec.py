@@ -1,0 +1,200 @@
+"""`tether exec` on the devcluster against deployment/frontend in shop: env, files, outgoing
+network and DNS for several kinds of local programs, and the process behaviour a shell gives."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cli import AGENT, agent_objects, tether_env, wait_no_agent_objects
+from tests.e2e.kube import ready_pod
+
+FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
+GREETING = "greeting: hello from the shop's staging config"
+
+
+def texec(
+    *command: str, cwd: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`tether exec -q [FRONTEND] -- COMMAND`."""
+    return subprocess.run(
+        [sys.executable, "-m", "tether", "exec", "-q", *FRONTEND, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=tether_env(),
+        cwd=cwd,
+        check=False,
+    )
+
+
+PY_CLIENT = textwrap.dedent(
+    """
+    import json, os, socket, urllib.request
+    body = json.loads(urllib.request.urlopen("http://backend/py", timeout=10).read())
+    print(json.dumps({
+        "backend": body["service"], "path": body["path"],
+        "mode": os.environ.get("SHOP_MODE"),
+        "config": open("/etc/shop/config.yaml").read(),
+        "exists": os.path.exists("/etc/shop/config.yaml"),
+        "hostname": socket.gethostname(),
+        "resolved": socket.gethostbyname("backend.shop.svc.cluster.local"),
+    }))
+    """
+)
+
+
+def test_python_urllib_env_files_dns_hostname() -> None:
+    proc = texec("python3", "-c", PY_CLIENT)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["backend"] == "backend" and got["path"] == "/py"
+    assert got["mode"] == "staging"
+    assert GREETING in got["config"]
+    assert got["exists"] is True
+    assert got["hostname"] == ready_pod("shop", "frontend")["metadata"]["name"]
+    assert got["resolved"].startswith("198.19.")
+    assert not Path("/etc/shop/config.yaml").exists(), "the file must exist only in the pod"
+
+
+def test_curl_and_a_bash_pipeline_with_children() -> None:
+    script = (
+        'echo "mode=$SHOP_MODE"; grep greeting /etc/shop/config.yaml; '
+        "curl -s http://backend/sh | python3 -c "
+        "'import json,sys; print(json.load(sys.stdin)[\"path\"])'"
+    )
+    proc = texec("bash", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines == ["mode=staging", GREETING, "/sh"]
+
+
+def test_busybox_wget() -> None:
+    proc = texec("busybox", "wget", "-qO-", "http://backend/bb")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["path"] == "/bb"
+
+
+GO_CLIENT = """
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+)
+
+func main() {
+	resp, err := http.Get("http://backend/go")
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(2)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	config, err := os.ReadFile("/etc/shop/config.yaml")
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(3)
+	}
+	fmt.Printf("%s\\n%s\\n%s", os.Getenv("SHOP_MODE"), body, config)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("go") is None:
+        pytest.fail("go is not installed (devcluster up installs golang-go)")
+    src = tmp_path_factory.mktemp("goclient")
+    (src / "main.go").write_text(GO_CLIENT)
+    out = src / "client"
+    env = {**os.environ, "CGO_ENABLED": "0", "GO111MODULE": "off", "GOPROXY": "off",
+           "GOCACHE": str(src / "cache"), "HOME": str(src)}  # fmt: skip
+    subprocess.run(["go", "build", "-o", str(out), "main.go"], cwd=src, env=env, check=True)
+    ldd = subprocess.run(["ldd", str(out)], capture_output=True, text=True, check=False)
+    assert "not a dynamic executable" in ldd.stdout + ldd.stderr, "the Go client must be static"
+    return out
+
+
+def test_static_go_binary(go_binary: Path) -> None:
+    proc = texec(str(go_binary))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0] == "staging"
+    assert '"path": "/go"' in proc.stdout
+    assert GREETING in proc.stdout
+
+
+# SA_RESTART (siginterrupt False) as Go and most C programs install their handlers. Known
+# limit: without it, a connect interrupted before the supervisor picked it up returns EINTR,
+# and CPython then takes the unconnected socket for connected (see the issue's note).
+THREADS_AND_SIGNALS = textwrap.dedent(
+    """
+    import signal, threading, urllib.request
+    signal.signal(signal.SIGALRM, lambda *a: None)
+    signal.siginterrupt(signal.SIGALRM, False)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    results = []
+    def get(i):
+        results.append(urllib.request.urlopen(f"http://backend/t{i}", timeout=20).status)
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    for i in range(20):
+        get(100 + i)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    print(len(results), set(results))
+    """
+)
+
+
+def test_threaded_client_under_a_sigalrm_storm() -> None:
+    proc = texec("python3", "-c", THREADS_AND_SIGNALS)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "28 {200}"
+
+
+def test_exit_codes_and_missing_command() -> None:
+    assert texec("sh", "-c", "exit 7").returncode == 7
+    missing = texec("no-such-command-xyz")
+    assert missing.returncode == 127
+    assert "no-such-command-xyz" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_loopback_stays_local() -> None:
+    import http.server
+    import threading
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"local")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        proc = texec("curl", "-s", f"http://127.0.0.1:{port}/")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "local"
+    finally:
+        server.shutdown()
+
+
+def test_not_found_pattern(tmp_path: Path) -> None:
+    (tmp_path / "tether.toml").write_text('[fs]\nnot_found = ["/etc/shop/**"]\n')
+    proc = texec("cat", "/etc/shop/config.yaml", cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert "No such file or directory" in proc.stderr
+    assert wait_no_agent_objects("shop") == agent_objects("shop")
