@@ -186,11 +186,17 @@ def test_rbac_forbidden_is_one_line_and_leaves_nothing(scratch_ns: str, tmp_path
     assert agent_objects(scratch_ns) == (0, 0)
 
 
+def _agent_jobs() -> set[str]:
+    out = kubectl(
+        "-n", "shop", "get", "jobs", "-l", "app.kubernetes.io/name=tether-agent", "-o", "name"
+    )  # fmt: skip
+    return set(out.split())
+
+
 def test_sigkilled_client_leaves_an_agent_that_exits_by_itself(tmp_path: Path) -> None:
     (tmp_path / "tether.toml").write_text("[agent]\nidle_timeout = 3\n")
     port = free_port()
-    env_before = agent_objects("shop")
-
+    jobs_before = _agent_jobs()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tether", "port-forward", *FRONTEND, "-L", f"{port}:backend:80"],
         cwd=tmp_path,
@@ -198,36 +204,28 @@ def test_sigkilled_client_leaves_an_agent_that_exits_by_itself(tmp_path: Path) -
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    ours: set[str] = set()
     try:
         wait_port(port)
         # The port is bound before the agent exists; a served request proves the session is up.
         assert http_get(port, within=60)["service"] == "backend"
-        assert agent_objects("shop")[0] == env_before[0] + 1
+        ours = _agent_jobs() - jobs_before
+        assert len(ours) == 1, ours
+        job = next(iter(ours)).split("/", 1)[1]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         # The Job stays (nobody deleted it) but its agent notices the lost client and exits.
         deadline = time.monotonic() + 30
         phases: list[str] = []
         while time.monotonic() < deadline:
-            pods = json.loads(
-                kubectl(
-                    "-n",
-                    "shop",
-                    "get",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/name=tether-agent",
-                    "-o",
-                    "json",
-                )
-            )["items"]
-            phases = [p["status"].get("phase", "") for p in pods]
+            out = kubectl("-n", "shop", "get", "pods", "-l", f"job-name={job}", "-o", "json")
+            phases = [p["status"].get("phase", "") for p in json.loads(out)["items"]]
             if phases and all(p == "Succeeded" for p in phases):
                 break
             time.sleep(0.5)
-        assert phases and all(p == "Succeeded" for p in phases), phases
+        assert phases == ["Succeeded"], phases
     finally:
         if proc.poll() is None:
             proc.kill()
-        kubectl("-n", "shop", "delete", "jobs", "-l", "app.kubernetes.io/name=tether-agent",
-                "--wait=false")  # fmt: skip
+        for name in ours:
+            kubectl("-n", "shop", "delete", name, "--wait=false")

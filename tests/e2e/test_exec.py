@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,78 @@ def test_not_found_pattern(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "No such file or directory" in proc.stderr
     assert wait_no_agent_objects("shop") == agent_objects("shop")
+
+
+NODE_CLIENT = r"""
+const http = require("http"), dns = require("dns"), fs = require("fs");
+dns.lookup("backend", (err, address) => {
+  if (err) throw err;
+  dns.resolve4("backend.shop.svc.cluster.local", (err2, addrs) => {
+    if (err2) throw err2;
+    http.get("http://backend/node", (res) => {
+      let body = "";
+      res.on("data", (c) => (body += c));
+      res.on("end", () => console.log(JSON.stringify({
+        lookup: address, resolve4: addrs, path: JSON.parse(body).path,
+        mode: process.env.SHOP_MODE,
+        config: fs.readFileSync("/etc/shop/config.yaml", "utf8"),
+      })));
+    });
+  });
+});
+"""
+
+
+def test_node_http_dns_lookup_and_resolve4() -> None:
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed (scripts/bootstrap.sh installs nodejs)")
+    proc = texec("node", "-e", NODE_CLIENT)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["lookup"].startswith("198.19.") and got["resolve4"] == [got["lookup"]]
+    assert got["path"] == "/node" and got["mode"] == "staging"
+    assert GREETING in got["config"]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True)
+
+
+def test_outgoing_filter_sends_a_chosen_destination_to_the_local_side(tmp_path: Path) -> None:
+    """A server on a test-only network namespace, reachable from this machine but not from
+    the pod: only the `network.outgoing.local` filter makes the connection work."""
+    ns, host_if, ns_if = "tether-e2e-out", "tth-out0", "tth-out1"
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        _ip("netns", "add", ns)
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", ns)
+        _ip("addr", "add", "198.51.100.1/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("-n", ns, "addr", "add", "198.51.100.2/30", "dev", ns_if)
+        _ip("-n", ns, "link", "set", ns_if, "up")
+        (tmp_path / "hello.txt").write_text("from the local side\n")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "http.server", "--bind",
+             "198.51.100.2", "18555", "--directory", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = "http://198.51.100.2:18555/hello.txt"
+        for _ in range(100):
+            if subprocess.run(["curl", "-sf", url], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        config = tmp_path / "tether.toml"
+        config.write_text('[network.outgoing]\nlocal = ["198.51.100.0/30"]\n')
+        local = texec("curl", "-sf", "--max-time", "10", url, cwd=str(tmp_path))
+        assert local.returncode == 0, local.stderr
+        assert local.stdout == "from the local side\n"
+        config.unlink()
+        remote = texec("curl", "-sf", "--max-time", "10", url, cwd=str(tmp_path))
+        assert remote.returncode != 0, "without the filter the pod makes the connection"
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", host_if], check=False)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
