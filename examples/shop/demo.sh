@@ -14,3 +14,18 @@ kubectl -n shop delete pod shop-client --ignore-not-found --wait=true >/dev/null
 kubectl -n shop run shop-client --rm -i --restart=Never --quiet \
     --image=docker.io/tether-devcluster/busybox:1 --image-pull-policy=Never \
     -- wget -qO- http://frontend/
+
+echo
+echo "# Now the frontend runs on this machine under tether exec, in the frontend pod's context:"
+echo "#   PORT=18081 tether exec --target deployment/frontend -n shop -- python3 examples/shop/app/shop.py frontend"
+PORT=18081 tether exec -q --target deployment/frontend -n shop \
+    --agent-image docker.io/tether/agent:dev -- python3 app/shop.py frontend >/tmp/tether-demo.log 2>&1 &
+demo_pid=$!
+trap 'kill -INT $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null' EXIT
+for _ in $(seq 1 100); do
+    curl -sf localhost:18081/healthz >/dev/null 2>&1 && break
+    sleep 0.2
+done
+echo "# It reads the pod's env (SHOP_MODE) and /etc/shop/config.yaml, and reaches http://backend"
+echo "# by its short name through the pod's network:"
+curl -s localhost:18081/

@@ -111,7 +111,7 @@ class Launch:
         Known means the exec succeeded, failed (`error` is then set), or the child died before
         exec (its wait status tells). False while the child has not reached exec yet.
         """
-        if self._known:
+        if self._known or self.exec_error_fd < 0:  # closed by `close`: nothing more to learn
             return True
         try:
             data = os.read(self.exec_error_fd, 64)

@@ -1,0 +1,1 @@
+"""Unit tests for tether.intercept: the seccomp, memory and launcher layer (real kernel)."""
