@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from errno import EACCES, EIO, ENOENT, ETIMEDOUT
 from typing import Final, NoReturn
 
@@ -226,6 +226,7 @@ def spawn(
     stdout: int | None = None,
     stderr: int | None = None,
     timeout: float = 10.0,
+    allow_if: Mapping[int, tuple[int, int]] | None = None,
 ) -> Launch:
     """Fork `argv` (looked up in `env`'s PATH) with `syscalls` trapped; return once the
     supervisor can serve it, before the exec (see the module docstring).
@@ -233,8 +234,9 @@ def spawn(
     The child stays in our process group, so it keeps the terminal (job control, Ctrl-C, tty
     reads). `stdin`/`stdout`/`stderr` are fds of ours to put at 0/1/2 in the child (default:
     inherit). SYNC_WAKE_UP is enabled on the listener when the kernel has it
-    (`Launch.sync_wake_up`). Raises UnsupportedKernelError, ValueError (empty argv, sendmsg
-    trapped) or LaunchError; an exec failure comes later, from the Launch.
+    (`Launch.sync_wake_up`). `allow_if` is build_filter's. Raises UnsupportedKernelError,
+    ValueError (empty argv, sendmsg trapped) or LaunchError; an exec failure comes later, from
+    the Launch.
     """
     if not argv:
         raise ValueError("empty command")
@@ -243,7 +245,7 @@ def spawn(
         raise ValueError("spawn cannot trap sendmsg: the child passes the listener with it")
     features = probe_features()
     require_kernel(features)
-    program = FilterProgram(build_filter(nrs))
+    program = FilterProgram(build_filter(nrs, allow_if))
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:

@@ -17,7 +17,7 @@ import enum
 import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from errno import EINTR, EINVAL, ENOENT
 from typing import Final
@@ -100,6 +100,8 @@ BPF_JSET_K: Final = 0x45
 BPF_RET_K: Final = 0x06
 SECCOMP_DATA_NR: Final = 0
 SECCOMP_DATA_ARCH: Final = 4
+# args[] start after nr, arch and the instruction pointer; the low word comes first (LE).
+SECCOMP_DATA_ARGS: Final = 16
 BPF_MAXINSNS: Final = 4096
 
 _INSN: Final = struct.Struct("=HBBI")  # struct sock_filter
@@ -198,19 +200,31 @@ def require_kernel(features: Features | None = None) -> None:
         )
 
 
-def build_filter(syscalls: Iterable[int]) -> bytes:
+def build_filter(
+    syscalls: Iterable[int], allow_if: Mapping[int, tuple[int, int]] | None = None
+) -> bytes:
     """Compile a seccomp filter: an array of `struct sock_filter` (8 bytes each) as bytes.
 
     Non-x86_64 syscalls (an i386 `int 0x80` has another arch) are allowed: tracking them would
     need a second syscall table. x32 syscalls (nr with bit 30) fail with ENOSYS so they cannot
     slip around the x86_64 numbers. Each listed nr returns USER_NOTIF, anything else ALLOW.
+
+    `allow_if` maps a listed nr to (argument index, mask): that call is allowed without a
+    notification when the argument's low 32 bits intersect the mask (for example newfstatat
+    with AT_EMPTY_PATH, which is an fstat and needs no path decision). The check runs in the
+    kernel, so those calls cost no round trip to the supervisor.
     """
     nrs = sorted(set(syscalls))
+    rules = dict(allow_if or {})
     for nr in nrs:
         if not 0 <= nr < X32_SYSCALL_BIT:
             raise ValueError(f"not an x86_64 syscall number: {nr}")
-    # A jump offset is a u8; the shared USER_NOTIF return must stay within reach of every JEQ.
-    if len(nrs) > 255:
+    for nr, (arg, _mask) in rules.items():
+        if nr not in nrs or not 0 <= arg < 6:
+            raise ValueError(f"allow_if rule for {nr} needs a listed syscall and an arg 0-5")
+    # A jump offset is a u8; every JEQ must reach its target block.
+    longest = len(nrs) + 1 + 4 * (len(rules) - 1) if rules else len(nrs)
+    if longest > 255:
         raise ValueError(f"too many syscalls to trap ({len(nrs)} > 255)")
     count = len(nrs)
     insns = [
@@ -221,9 +235,22 @@ def build_filter(syscalls: Iterable[int]) -> bytes:
         (BPF_JSET_K, 0, 1, X32_SYSCALL_BIT),
         (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | _ENOSYS),
     ]
-    # JEQ i jumps over the remaining count-1-i JEQs and the ALLOW to the USER_NOTIF return.
-    insns += [(BPF_JEQ_K, count - i, 0, nr) for i, nr in enumerate(nrs)]
+    # After the JEQs: RET ALLOW, RET USER_NOTIF, then one 4-instruction block per allow_if rule
+    # (load the argument, test the mask, allow or notify). Offsets count from the next insn.
+    notify_at = count + 1
+    block_at = {nr: count + 2 + 4 * i for i, nr in enumerate(sorted(rules))}
+    for i, nr in enumerate(nrs):
+        target = block_at.get(nr, notify_at)
+        insns.append((BPF_JEQ_K, target - i - 1, 0, nr))
     insns += [(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW), (BPF_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF)]
+    for nr in sorted(rules):
+        arg, mask = rules[nr]
+        insns += [
+            (BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARGS + 8 * arg),
+            (BPF_JSET_K, 0, 1, mask),
+            (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+            (BPF_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF),
+        ]
     return b"".join(_INSN.pack(*insn) for insn in insns)
 
 

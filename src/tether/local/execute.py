@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tether.config import TetherConfig
 from tether.intercept.launcher import forward_signals, spawn, wait_status_to_exit_code
-from tether.intercept.seccomp import require_kernel
+from tether.intercept.seccomp import Syscall, require_kernel
 from tether.local.environment import compose_env
 from tether.local.outgoing import OutgoingProxy
 from tether.local.progress import Progress
@@ -24,7 +24,7 @@ from tether.local.remote_fs import RemoteFiles
 from tether.local.rules import FileRules, NetRules
 from tether.local.served import nsswitch_for_process, resolv_conf_for_process
 from tether.local.session import open_session
-from tether.local.supervisor import TRAPPED, Supervisor
+from tether.local.supervisor import ALLOW_IF, TRAPPED, Supervisor
 from tether.tunnel import RemoteOpError
 
 
@@ -114,7 +114,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         proxy = OutgoingProxy(progress)
         await proxy.start()
         loop = asyncio.get_running_loop()
-        launch = spawn(argv, env, TRAPPED)
+        launch = spawn(argv, env, TRAPPED, allow_if=ALLOW_IF)
         supervisor = Supervisor(
             launch.listener,
             tunnel,
@@ -143,5 +143,6 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             print(error, file=sys.stderr, flush=True)
         if supervisor.failure is not None:
             progress.warn(f"the interceptor hit an internal error: {supervisor.failure}")
-        progress.detail(f"{supervisor.count} syscalls intercepted")
+        counts = ", ".join(f"{Syscall(nr).name} {n}" for nr, n in supervisor.by_nr.most_common())
+        progress.detail(f"{supervisor.count} syscalls intercepted ({counts})")
         return code

@@ -8,12 +8,15 @@ a handler: a dead supervisor would make every trapped syscall fail with ENOSYS.
 """
 
 import asyncio
+import collections
 import errno
 import logging
 import os
 import posixpath
+import select
 import socket
 import struct
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _UTSNAME_FIELD = 65
+_DRAIN = 64
 
 # Every syscall the filter traps. stat-like calls are trapped so remote paths exist for the
 # process; uname so it sees the pod's hostname; listen so incoming traffic knows the ports.
@@ -52,6 +56,11 @@ TRAPPED = (
     Syscall.readlink, Syscall.readlinkat, Syscall.connect, Syscall.getpeername, Syscall.uname,
     Syscall.listen,
 )  # fmt: skip
+# fstat-style calls (an fd, no path) are answered by the kernel without a round trip.
+ALLOW_IF: dict[int, tuple[int, int]] = {
+    Syscall.newfstatat: (3, AT_EMPTY_PATH),
+    Syscall.statx: (2, AT_EMPTY_PATH),
+}
 
 
 def _i32(value: int) -> int:
@@ -107,25 +116,57 @@ class Supervisor:
             Syscall.listen: self._listen,
         }
         self.count = 0
+        self.by_nr: collections.Counter[int] = collections.Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._poll = select.poll()
+        self._poll.register(listener.fileno(), select.POLLIN)
 
     # -- loop integration ------------------------------------------------------------------
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start serving notifications on `loop`."""
-        loop.add_reader(self.listener.fileno(), self._on_readable)
+        """Start serving notifications: a dedicated thread receives them and answers the
+        quick ones itself; anything that needs the agent becomes a task on `loop`.
+
+        Why a thread and not the event loop: a notification is exposed to signals until it is
+        received (a caller without SA_RESTART then sees EINTR), and most of them (stat and open
+        of local files during start-up) are answered with CONTINUE; a thread parked in poll()
+        takes them without waiting for the loop to get round to it.
+        """
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="tether-supervisor", daemon=True)
+        self._thread.start()
 
     def detach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop serving (the process tree is gone)."""
-        loop.remove_reader(self.listener.fileno())
+        self._stopping = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         for task in list(self._tasks):
             task.cancel()
 
-    def _on_readable(self) -> None:
+    def _run(self) -> None:
+        while not self._stopping:
+            events = self._poll.poll(100)
+            if not events:
+                continue
+            if not any(mask & select.POLLIN for _, mask in events):
+                if any(mask & (select.POLLHUP | select.POLLERR) for _, mask in events):
+                    return  # every intercepted task is gone
+                continue
+            for _ in range(_DRAIN):
+                self._serve_one()
+                if not self._poll.poll(0):
+                    break
+
+    def _serve_one(self) -> None:
         try:
             notif = self.listener.receive()
             if notif is None:
                 return
             self.count += 1
+            self.by_nr[notif.nr] += 1
             handler = self._handlers.get(notif.nr)
             if handler is None:
                 self.listener.respond_continue(notif.id)
@@ -140,6 +181,11 @@ class Supervisor:
             self.failure = exc
 
     def _spawn(self, notif: Notification, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` on the loop (from the supervisor thread); errors become errno answers."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._spawn_now, notif, coro)
+
+    def _spawn_now(self, notif: Notification, coro: Coroutine[Any, Any, None]) -> None:
         async def guarded() -> None:
             try:
                 await coro

@@ -128,6 +128,30 @@ def test_longest_filter_jumps_stay_in_range() -> None:
         build_filter(range(256))
 
 
+def test_allow_if_lets_flagged_calls_through_in_the_kernel() -> None:
+    at_empty_path = 0x1000
+    rules: dict[int, tuple[int, int]] = {
+        Syscall.statx: (2, at_empty_path),
+        Syscall.openat: (1, 0x40),
+    }
+    program = build_filter(TRAPPED, rules)
+
+    def data(nr: int, args: tuple[int, ...]) -> bytes:
+        return SECCOMP_DATA.pack(nr, AUDIT_ARCH_X86_64, 0x401000, *args)
+
+    assert run_bpf(program, data(Syscall.statx, (3, 0, at_empty_path, 0, 0, 0))) == (
+        SECCOMP_RET_ALLOW
+    )
+    assert run_bpf(program, data(Syscall.statx, (3, 0, 0x100, 0, 0, 0))) == (SECCOMP_RET_USER_NOTIF)
+    assert run_bpf(program, data(Syscall.openat, (0, 0x40, 0, 0, 0, 0))) == SECCOMP_RET_ALLOW
+    assert run_bpf(program, data(Syscall.openat, (0, 0x1, 0, 0, 0, 0))) == SECCOMP_RET_USER_NOTIF
+    for nr in (Syscall.connect, Syscall.open, Syscall.getpeername):
+        assert run_bpf(program, data(nr, (1, 2, 3, 4, 5, 6))) == SECCOMP_RET_USER_NOTIF
+    assert run_bpf(program, data(Syscall.read, (1, 2, 3, 4, 5, 6))) == SECCOMP_RET_ALLOW
+    with pytest.raises(ValueError):
+        build_filter(TRAPPED, {Syscall.read: (0, 1)})
+
+
 @pytest.mark.parametrize("nr", [-1, X32_SYSCALL_BIT, 1 << 32])
 def test_invalid_numbers_are_refused(nr: int) -> None:
     with pytest.raises(ValueError, match="not an x86_64 syscall"):
