@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cli import AGENT, agent_objects, tether_env, wait_no_agent_objects
-from tests.e2e.kube import ready_pod
+from tests.e2e.kube import kubectl, ready_pod
 
 FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
 GREETING = "greeting: hello from the shop's staging config"
@@ -274,3 +274,61 @@ def test_outgoing_filter_sends_a_chosen_destination_to_the_local_side(tmp_path: 
             server.wait()
         subprocess.run(["ip", "link", "del", host_if], check=False)
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+REQUESTS_AND_ASYNCIO = textwrap.dedent(
+    """
+    import asyncio, json, requests
+    body = requests.get("http://backend/requests", timeout=10).json()
+
+    async def fetch():
+        reader, writer = await asyncio.open_connection("backend", 80)
+        writer.write(b"GET /asyncio HTTP/1.1\\r\\nHost: backend\\r\\nConnection: close\\r\\n\\r\\n")
+        data = await reader.read()
+        writer.close()
+        peer = writer.get_extra_info("peername")
+        return data.split(b"\\r\\n\\r\\n", 1)[1], peer
+
+    raw, peer = asyncio.run(fetch())
+    print(json.dumps({"requests": body["path"], "asyncio": json.loads(raw)["path"],
+                      "peer_port": peer[1]}))
+    """
+)
+
+
+def test_python_requests_and_asyncio_clients() -> None:
+    proc = texec(sys.executable, "-c", REQUESTS_AND_ASYNCIO)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got == {"requests": "/requests", "asyncio": "/asyncio", "peer_port": 80}
+
+
+def test_write_mode_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "tether.toml").write_text('[fs]\nmode = "write"\n')
+    name = f"/etc/tether-e2e-{os.getpid()}.txt"
+    pod = ready_pod("shop", "frontend")["metadata"]["name"]
+    try:
+        py = texec(
+            sys.executable, "-c",
+            f"open({name!r}, 'w').write('first\\n'); open({name!r}, 'a').write('second\\n')",
+            cwd=str(tmp_path),
+        )  # fmt: skip
+        assert py.returncode == 0, py.stderr
+        sh = texec("sh", "-c", f"echo third >> {name}; cat {name}", cwd=str(tmp_path))
+        assert sh.returncode == 0, sh.stderr
+        assert sh.stdout == "first\nsecond\nthird\n"
+        assert kubectl("-n", "shop", "exec", pod, "--", "cat", name) == "first\nsecond\nthird\n"
+        assert not Path(name).exists(), "write mode must not write the local file"
+        rm = texec("rm", name, cwd=str(tmp_path))
+        assert rm.returncode == 0, rm.stderr
+        gone = kubectl("-n", "shop", "exec", pod, "--", "ls", name, check=False)
+        assert gone == ""
+    finally:
+        kubectl("-n", "shop", "exec", pod, "--", "rm", "-f", name, check=False)
+
+
+def test_read_mode_keeps_writes_local(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    proc = texec("sh", "-c", f"echo local > {target}; cat /etc/shop/config.yaml >/dev/null")
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_text() == "local\n"

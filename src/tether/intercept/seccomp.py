@@ -51,10 +51,15 @@ class Syscall(enum.IntEnum):
     getcwd = 79
     chdir = 80
     readlink = 89
+    mkdir = 83
+    rmdir = 84
+    unlink = 87
     getppid = 110
     getdents64 = 217
     openat = 257
+    mkdirat = 258
     newfstatat = 262
+    unlinkat = 263
     readlinkat = 267
     faccessat = 269
     accept4 = 288

@@ -24,7 +24,7 @@ from tether.local.remote_fs import RemoteFiles
 from tether.local.rules import FileRules, NetRules
 from tether.local.served import nsswitch_for_process, resolv_conf_for_process
 from tether.local.session import open_session
-from tether.local.supervisor import ALLOW_IF, TRAPPED, Supervisor
+from tether.local.supervisor import ALLOW_IF, TRAPPED, WRITE_TRAPPED, Supervisor
 from tether.tunnel import RemoteOpError
 
 
@@ -114,7 +114,9 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         proxy = OutgoingProxy(progress)
         await proxy.start()
         loop = asyncio.get_running_loop()
-        launch = spawn(argv, env, TRAPPED, allow_if=ALLOW_IF)
+        remote_writes = config.fs.mode == "write" or bool(config.fs.read_write)
+        trapped = (*TRAPPED, *WRITE_TRAPPED) if remote_writes else TRAPPED
+        launch = spawn(argv, env, trapped, allow_if=ALLOW_IF)
         supervisor = Supervisor(
             launch.listener,
             tunnel,
@@ -137,6 +139,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             uninstall()
             supervisor.detach(loop)
             launch.listener.close()
+            await supervisor.flush_writes()
             await proxy.close()
         error = launch.exec_error()
         if error is not None:

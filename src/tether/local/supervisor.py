@@ -10,6 +10,7 @@ a handler: a dead supervisor would make every trapped syscall fail with ENOSYS.
 import asyncio
 import collections
 import errno
+import fcntl
 import logging
 import os
 import posixpath
@@ -18,7 +19,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Coroutine
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tether.intercept.memory import (
@@ -56,6 +57,12 @@ TRAPPED = (
     Syscall.readlink, Syscall.readlinkat, Syscall.connect, Syscall.getpeername, Syscall.uname,
     Syscall.listen,
 )  # fmt: skip
+# With remote writes possible, close (to send a file's content back) and the calls that change
+# the directory tree are trapped too.
+WRITE_TRAPPED = (
+    Syscall.close, Syscall.unlink, Syscall.unlinkat, Syscall.mkdir, Syscall.mkdirat,
+    Syscall.rmdir,
+)  # fmt: skip
 # fstat-style calls (an fd, no path) are answered by the kernel without a round trip.
 ALLOW_IF: dict[int, tuple[int, int]] = {
     Syscall.newfstatat: (3, AT_EMPTY_PATH),
@@ -67,6 +74,12 @@ def _i32(value: int) -> int:
     """A syscall argument (u64) as the C int it holds."""
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _memfd_bytes(fd: int) -> bytes:
+    """The whole content of one of our memfds (without moving its shared offset)."""
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
 
 
 class Supervisor:
@@ -96,6 +109,11 @@ class Supervisor:
         self.listening: set[int] = set()
         self.peers: dict[int, tuple[int, str, int]] = {}  # socket inode -> original peer
         self.failure: BaseException | None = None
+        # Files open for writing on the pod: (tgid, fd in the process) -> path, and every such
+        # file's memfd (ours) by path, written back on close and once more when the tree exits
+        # (a process may exit, or dup2 and close, without a close of the fd it opened).
+        self.writable: dict[tuple[int, int], str] = {}
+        self.written: dict[str, tuple[int, int]] = {}  # path -> (our memfd, create mode)
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, Callable[[Notification], None]] = {
             Syscall.open: self._open,
@@ -114,6 +132,12 @@ class Supervisor:
             Syscall.getpeername: self._getpeername,
             Syscall.uname: self._uname,
             Syscall.listen: self._listen,
+            Syscall.close: self._close,
+            Syscall.unlink: self._tree_change,
+            Syscall.unlinkat: self._tree_change,
+            Syscall.mkdir: self._tree_change,
+            Syscall.mkdirat: self._tree_change,
+            Syscall.rmdir: self._tree_change,
         }
         self.count = 0
         self.by_nr: collections.Counter[int] = collections.Counter()
@@ -244,10 +268,14 @@ class Supervisor:
         elif write and action is FileAction.REMOTE_READ:
             self.listener.respond_error(notif.id, errno.EROFS)
         elif write:
-            # Write mode needs the file's writes to reach the pod; not supported yet.
-            self.listener.respond_error(notif.id, errno.EROFS)
+            mode = notif.args[2] if nr == Syscall.open else notif.args[3]
+            self._spawn(notif, self._open_for_write(notif, path, flags, mode & 0o7777))
         elif flags & os.O_DIRECTORY:
             self.listener.respond_continue(notif.id)
+        elif path in self.written:
+            # Written in this session and maybe not sent back yet (a dup2 closes without a
+            # close call): read our copy, so the process sees its own writes.
+            self._serve_bytes(notif, _memfd_bytes(self.written[path][0]), flags)
         else:
             self._spawn(notif, self._open_remote(notif, path, flags))
 
@@ -275,6 +303,88 @@ class Supervisor:
             self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
         finally:
             os.close(fd)
+
+    async def _open_for_write(self, notif: Notification, path: str, flags: int, mode: int) -> None:
+        """A writable memfd holding the remote file (empty if truncated or new); its content
+        goes back to the pod when the process closes it and when the process tree exits."""
+        exists = True
+        try:
+            st = await self.remote.stat(path, follow=True)
+            if (st["st_mode"] & 0o170000) == 0o040000:
+                self.listener.respond_error(notif.id, errno.EISDIR)
+                return
+        except RemoteOpError as exc:
+            if exc.error.errno != errno.ENOENT or not flags & os.O_CREAT:
+                raise
+            exists = False
+        if exists and flags & os.O_CREAT and flags & os.O_EXCL:
+            self.listener.respond_error(notif.id, errno.EEXIST)
+            return
+        if exists and not flags & os.O_TRUNC:
+            fd = await self.remote.read_into_memfd(path)
+        else:
+            fd = os.memfd_create(PurePosixPath(path).name or "tether", os.MFD_CLOEXEC)
+        if flags & os.O_APPEND:
+            os.set_blocking(fd, True)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        previous = self.written.pop(path, None)
+        if previous is not None:
+            os.close(previous[0])
+        self.written[path] = (fd, mode or 0o644)
+        if not exists:
+            await self.remote.write_back(path, fd)  # O_CREAT: the file exists from now on
+        target_fd = self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
+        if target_fd is not None:
+            self.writable[(tgid_of(notif.pid), target_fd)] = path
+
+    def _close(self, notif: Notification) -> None:
+        key = (tgid_of(notif.pid), _i32(notif.args[0]))
+        path = self.writable.pop(key, None)
+        if path is None or path not in self.written:
+            self.listener.respond_continue(notif.id)
+            return
+
+        async def write_back() -> None:
+            await self.remote.write_back(path, self.written[path][0])
+            self.listener.respond_continue(notif.id)
+
+        self._spawn(notif, write_back())
+
+    async def flush_writes(self) -> None:
+        """Send every file written on the pod back once more (the tree has exited)."""
+        for path, (fd, _mode) in list(self.written.items()):
+            try:
+                await self.remote.write_back(path, fd)
+            except (RemoteOpError, TunnelClosedError) as exc:
+                self.progress.warn(f"could not write {path} back to the pod: {exc}")
+            finally:
+                os.close(fd)
+        self.written.clear()
+
+    def _tree_change(self, notif: Notification) -> None:
+        nr = notif.nr
+        if nr in (Syscall.unlink, Syscall.mkdir, Syscall.rmdir):
+            path, flags, mode = self._path(notif, None, 0), 0, notif.args[1]
+        else:
+            path, flags, mode = self._path(notif, 0, 1), notif.args[2], notif.args[2]
+        if self.files.decide(path, write=True) is not FileAction.REMOTE_RW:
+            self.listener.respond_continue(notif.id)
+            return
+        if nr in (Syscall.mkdir, Syscall.mkdirat):
+            op, args = "fs.mkdir", {"path": path, "mode": mode & 0o7777}
+        elif nr == Syscall.rmdir or (nr == Syscall.unlinkat and flags & 0x200):  # AT_REMOVEDIR
+            op, args = "fs.rmdir", {"path": path}
+        else:
+            op, args = "fs.unlink", {"path": path}
+
+        async def remote_change() -> None:
+            await self.tunnel.request(op, args)
+            entry = self.written.pop(path, None) if op == "fs.unlink" else None
+            if entry is not None:
+                os.close(entry[0])
+            self.listener.respond_value(notif.id, 0)
+
+        self._spawn(notif, remote_change())
 
     # -- stat, access, readlink --------------------------------------------------------------
 
