@@ -332,3 +332,19 @@ def test_read_mode_keeps_writes_local(tmp_path: Path) -> None:
     proc = texec("sh", "-c", f"echo local > {target}; cat /etc/shop/config.yaml >/dev/null")
     assert proc.returncode == 0, proc.stderr
     assert target.read_text() == "local\n"
+
+
+def test_remote_directory_listing() -> None:
+    script = (
+        "import os; print(sorted(os.listdir('/etc/shop')));"
+        "print([e.name for e in os.scandir('/etc/shop') if e.name == 'config.yaml']);"
+        "print(os.path.isdir('/etc/shop'), os.path.getsize('/etc/shop/config.yaml') > 0)"
+    )
+    proc = texec("python3", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "config.yaml" in lines[0]
+    assert lines[1] == "['config.yaml']"
+    assert lines[2] == "True True"
+    ls = texec("ls", "/etc/shop")
+    assert "config.yaml" in ls.stdout.split()

@@ -140,6 +140,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             supervisor.detach(loop)
             launch.listener.close()
             await supervisor.flush_writes()
+            supervisor.cleanup()
             await proxy.close()
         error = launch.exec_error()
         if error is not None:

@@ -15,8 +15,10 @@ import logging
 import os
 import posixpath
 import select
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path, PurePosixPath
@@ -47,6 +49,8 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _UTSNAME_FIELD = 65
+_DT_DIR = 4
+_DT_LNK = 10
 _DRAIN = 64
 
 # Every syscall the filter traps. stat-like calls are trapped so remote paths exist for the
@@ -74,6 +78,22 @@ def _i32(value: int) -> int:
     """A syscall argument (u64) as the C int it holds."""
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _mirror_listing(entries: list[tuple[str, int, int]]) -> str:
+    """A new local directory holding an empty entry of the right type per remote entry."""
+    view = tempfile.mkdtemp(prefix="tether-dir-")
+    for name, dtype, _ino in entries:
+        if "/" in name or name in (".", ".."):
+            continue
+        entry = Path(view, name)
+        if dtype == _DT_DIR:
+            entry.mkdir()
+        elif dtype == _DT_LNK:
+            entry.symlink_to(".")
+        else:
+            entry.touch()
+    return view
 
 
 def _memfd_bytes(fd: int) -> bytes:
@@ -114,6 +134,10 @@ class Supervisor:
         # (a process may exit, or dup2 and close, without a close of the fd it opened).
         self.writable: dict[tuple[int, int], str] = {}
         self.written: dict[str, tuple[int, int]] = {}  # path -> (our memfd, create mode)
+        # Remote directories opened for listing are mirrored as local directories of empty
+        # entries (getdents then works natively); paths relative to such a directory fd map
+        # back to the remote directory.
+        self.dir_views: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, Callable[[Notification], None]] = {
             Syscall.open: self._open,
@@ -240,6 +264,7 @@ class Supervisor:
             base = str(Path(f"/proc/{notif.pid}/cwd").readlink())
         else:
             base = str(Path(f"/proc/{tgid_of(notif.pid)}/fd/{dirfd}").readlink())
+            base = self.dir_views.get(base, base)
         return posixpath.normpath(posixpath.join(base, raw)) if raw else base
 
     # -- open --------------------------------------------------------------------------------
@@ -271,7 +296,7 @@ class Supervisor:
             mode = notif.args[2] if nr == Syscall.open else notif.args[3]
             self._spawn(notif, self._open_for_write(notif, path, flags, mode & 0o7777))
         elif flags & os.O_DIRECTORY:
-            self.listener.respond_continue(notif.id)
+            self._spawn(notif, self._open_remote_dir(notif, path, flags))
         elif path in self.written:
             # Written in this session and maybe not sent back yet (a dup2 closes without a
             # close call): read our copy, so the process sees its own writes.
@@ -295,8 +320,7 @@ class Supervisor:
             self.listener.respond_error(notif.id, exc.error.errno or errno.ENOENT)
             return
         if (st["st_mode"] & 0o170000) == 0o040000:
-            # Directories stay local for now (listing remote directories is not emulated).
-            self.listener.respond_continue(notif.id)
+            await self._open_remote_dir(notif, path, flags)
             return
         fd = await self.remote.read_into_memfd(path)
         try:
@@ -336,6 +360,22 @@ class Supervisor:
         target_fd = self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
         if target_fd is not None:
             self.writable[(tgid_of(notif.pid), target_fd)] = path
+
+    async def _open_remote_dir(self, notif: Notification, path: str, flags: int) -> None:
+        entries = await self.tunnel.request("fs.listdir", {"path": path})
+        view = _mirror_listing(entries)
+        self.dir_views[view] = path
+        fd = os.open(view, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
+        finally:
+            os.close(fd)
+
+    def cleanup(self) -> None:
+        """Remove the local mirrors of remote directories."""
+        for view in self.dir_views:
+            shutil.rmtree(view, ignore_errors=True)
+        self.dir_views.clear()
 
     def _close(self, notif: Notification) -> None:
         key = (tgid_of(notif.pid), _i32(notif.args[0]))
