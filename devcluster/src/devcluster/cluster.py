@@ -8,6 +8,7 @@ starts again on the same etcd data, certificates and imported images.
 
 import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,8 +386,26 @@ def _wait_workloads(since: float, timeout: float = 120) -> None:
         log.warning("pods not back after %.0f s: %s", timeout, ", ".join(stale[:5]))
 
 
+@contextlib.contextmanager
+def _exclusive() -> Iterator[None]:
+    """One `up`/`down` at a time on this machine: two recoveries racing would end each
+    other's processes."""
+    layout.STATE.mkdir(parents=True, exist_ok=True)
+    with open(layout.STATE / "devcluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def up(project: Path | None) -> float:
     """Bring the cluster up (or reuse it); return the seconds it took."""
+    with _exclusive():
+        return _up(project)
+
+
+def _up(project: Path | None) -> float:
     t0 = time.monotonic()
     install.ensure_packages(need_source=not build.cached())
     build.ensure_binaries()
@@ -421,6 +440,11 @@ def up(project: Path | None) -> float:
 
 def down(purge: bool = False) -> None:
     """Stop everything and remove netns, mounts, bridges, routes and chains."""
+    with _exclusive():
+        _down(purge)
+
+
+def _down(purge: bool) -> None:
     stop_all()
     network.teardown()
     _remove_kubepods_cgroups()
