@@ -348,3 +348,29 @@ def test_remote_directory_listing() -> None:
     assert lines[2] == "True True"
     ls = texec("ls", "/etc/shop")
     assert "config.yaml" in ls.stdout.split()
+
+
+UDP_DNS = textwrap.dedent(
+    """
+    import socket, struct
+    labels = "backend.shop.svc.cluster.local".split(".")
+    name = b"".join(bytes([len(p)]) + p.encode() for p in labels)
+    query = bytes.fromhex("beef01000001000000000000") + name + b"\\x00\\x00\\x01\\x00\\x01"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.connect(("198.19.0.10", 53))
+    s.send(query)
+    reply = s.recv(512)
+    print(reply[:2].hex(), socket.inet_ntoa(reply[-4:]), s.getpeername())
+    """
+)
+
+
+def test_connected_udp_goes_through_the_pod() -> None:
+    proc = texec("python3", "-c", UDP_DNS)
+    assert proc.returncode == 0, proc.stderr
+    txid, address, peer = proc.stdout.strip().split(" ", 2)
+    assert txid == "beef"
+    assert address == kubectl("-n", "shop", "get", "svc", "backend", "-o",
+                              "jsonpath={.spec.clusterIP}")  # fmt: skip
+    assert peer == "('198.19.0.10', 53)"

@@ -18,6 +18,7 @@ from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target
 from tether.protocol import Connection, Role
 from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
+from tether.tunnel.datagrams import relay_datagrams
 
 log = logging.getLogger("tether.agent")
 
@@ -98,17 +99,20 @@ class Agent:
                 self._idle_since = time.monotonic()
 
     async def _stream(self, stream: TunnelStream) -> None:
-        if stream.kind != "tcp":
+        if stream.kind not in ("tcp", "udp"):
             stream.reset("EOPNOTSUPP", f"unsupported stream kind {stream.kind!r}", 95)
             return
         host = stream.params.get("host")
         port = stream.params.get("port")
         if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
-            stream.reset("EINVAL", "tcp stream needs host and port", 22)
+            stream.reset("EINVAL", f"{stream.kind} stream needs host and port", 22)
             return
         try:
             ip = await self._address(host)
-            sock = await self.executor.open_tcp(ip, port, CONNECT_TIMEOUT)
+            if stream.kind == "udp":
+                sock = await self.executor.open_udp(ip, port)
+            else:
+                sock = await self.executor.open_tcp(ip, port, CONNECT_TIMEOUT)
         except ResolveError as exc:
             err = resolve_error(exc).error
             stream.reset(err.code, err.message, err.errno)
@@ -117,8 +121,11 @@ class Agent:
             code = _errno_name(exc.errno)
             stream.reset(code, exc.strerror or str(exc), exc.errno)
             return
-        reader, writer = await asyncio.open_connection(sock=sock)
         stream.accept({"ip": ip, "port": port})
+        if stream.kind == "udp":
+            await relay_datagrams(stream, sock)
+            return
+        reader, writer = await asyncio.open_connection(sock=sock)
         await stream.relay(reader, writer)
 
     async def _address(self, host: str) -> str:

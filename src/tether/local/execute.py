@@ -18,7 +18,7 @@ from tether.config import TetherConfig
 from tether.intercept.launcher import forward_signals, spawn, wait_status_to_exit_code
 from tether.intercept.seccomp import Syscall, require_kernel
 from tether.local.environment import compose_env
-from tether.local.outgoing import OutgoingProxy
+from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
 from tether.local.rules import FileRules, NetRules
@@ -113,6 +113,8 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         )
         proxy = OutgoingProxy(progress)
         await proxy.start()
+        udp = UdpProxy(progress)
+        await udp.start()
         loop = asyncio.get_running_loop()
         remote_writes = config.fs.mode == "write" or bool(config.fs.read_write)
         trapped = (*TRAPPED, *WRITE_TRAPPED) if remote_writes else TRAPPED
@@ -123,6 +125,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             files,
             NetRules(config.network),
             proxy,
+            udp,
             progress,
             hostname=hostname,
             served=served,
@@ -142,6 +145,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             await supervisor.flush_writes()
             supervisor.cleanup()
             await proxy.close()
+            await udp.close()
         error = launch.exec_error()
         if error is not None:
             print(error, file=sys.stderr, flush=True)

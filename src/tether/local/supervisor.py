@@ -22,7 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from tether.intercept.memory import (
     dup_from,
@@ -36,7 +36,7 @@ from tether.intercept.memory import (
     write_bytes,
 )
 from tether.intercept.seccomp import Listener, Notification, Syscall
-from tether.local.outgoing import OutgoingProxy
+from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
 from tether.local.rules import FileAction, FileRules, NetRules, Side
@@ -112,6 +112,7 @@ class Supervisor:
         files: FileRules,
         net: NetRules,
         proxy: OutgoingProxy,
+        udp: UdpProxy,
         progress: Progress,
         *,
         hostname: str,
@@ -122,6 +123,7 @@ class Supervisor:
         self.files = files
         self.net = net
         self.proxy = proxy
+        self.udp = udp
         self.progress = progress
         self.hostname = hostname
         self.served = served
@@ -519,13 +521,37 @@ class Supervisor:
         except OSError:
             sock.close()
             raise
-        if kind != socket.SOCK_STREAM or (
-            self.net.decide(host, port, hostname=None, proto="tcp") is Side.LOCAL
+        proto: Literal["tcp", "udp"] = "tcp" if kind == socket.SOCK_STREAM else "udp"
+        if kind not in (socket.SOCK_STREAM, socket.SOCK_DGRAM) or (
+            self.net.decide(host, port, hostname=None, proto=proto) is Side.LOCAL
         ):
             sock.close()
             self.listener.respond_continue(notif.id)
             return
-        self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+        if proto == "udp":
+            self._spawn(notif, self._connect_udp(notif, sock, family, host, port))
+        else:
+            self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+
+    async def _connect_udp(
+        self, notif: Notification, sock: socket.socket, family: int, host: str, port: int
+    ) -> None:
+        try:
+            if family != socket.AF_INET:
+                self.listener.respond_error(notif.id, errno.ENETUNREACH)
+                return
+            stream = await self.tunnel.open_stream("udp", {"host": host, "port": port})
+            if not self.listener.id_valid(notif.id):
+                stream.reset("ECONNABORTED", "the application gave up", 103)
+                return
+            # Connecting the dup connects the app's socket to our UDP proxy (immediate for UDP).
+            sock.connect(("127.0.0.1", self.udp.port))
+            self.udp.expect(int(sock.getsockname()[1]), stream)
+            self.peers[os.fstat(sock.fileno()).st_ino] = (family, host, port)
+            self.progress.detail(f"udp {host}:{port} -> via the pod")
+            self.listener.respond_value(notif.id, 0)
+        finally:
+            sock.close()
 
     async def _connect_remote(
         self, notif: Notification, sock: socket.socket, family: int, host: str, port: int
