@@ -374,3 +374,32 @@ def test_connected_udp_goes_through_the_pod() -> None:
     assert address == kubectl("-n", "shop", "get", "svc", "backend", "-o",
                               "jsonpath={.spec.clusterIP}")  # fmt: skip
     assert peer == "('198.19.0.10', 53)"
+
+
+def _local_hosts_name() -> tuple[str, str]:
+    """A name (and its IPv4 address) from this machine's /etc/hosts, other than localhost."""
+    for line in Path("/etc/hosts").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and "." in words[0] and ":" not in words[0]:
+            for name in words[1:]:
+                if name != "localhost" and "." not in name:
+                    return name, words[0]
+    raise AssertionError("this machine's /etc/hosts names no host to resolve locally")
+
+
+def test_dns_local_patterns_resolve_on_this_machine(tmp_path: Path) -> None:
+    """A name only in this machine's /etc/hosts resolves with `network.dns.local` set to it,
+    while cluster names still resolve through the pod (no DNS query leaves the machine)."""
+    name, address = _local_hosts_name()
+    (tmp_path / "tether.toml").write_text(f'[network.dns]\nlocal = ["{name}"]\n')
+    script = (
+        f"import socket; print(socket.gethostbyname({name!r}));"
+        "print(socket.gethostbyname('backend'))"
+    )
+    proc = texec("python3", "-c", script, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    local, remote = proc.stdout.split()
+    assert local == address
+    assert remote.startswith("198.19.")
+    without = texec("python3", "-c", f"import socket; socket.gethostbyname({name!r})")
+    assert without.returncode != 0, f"without the pattern the pod cannot resolve {name!r}"

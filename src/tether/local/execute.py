@@ -17,11 +17,12 @@ from pathlib import Path
 from tether.config import TetherConfig
 from tether.intercept.launcher import forward_signals, spawn, wait_status_to_exit_code
 from tether.intercept.seccomp import Syscall, require_kernel
+from tether.local.dns_proxy import DnsProxy
 from tether.local.environment import compose_env
 from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
-from tether.local.rules import FileRules, NetRules
+from tether.local.rules import DnsRules, FileRules, NetRules
 from tether.local.served import nsswitch_for_process, resolv_conf_for_process
 from tether.local.session import open_session
 from tether.local.supervisor import ALLOW_IF, TRAPPED, WRITE_TRAPPED, Supervisor
@@ -115,6 +116,16 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         await proxy.start()
         udp = UdpProxy(progress)
         await udp.start()
+        dns_proxy: DnsProxy | None = None
+        nameservers: frozenset[str] = frozenset()
+        if dns and config.network.dns.local:
+            dns_proxy = DnsProxy(tunnel, DnsRules(config.network), progress)
+            await dns_proxy.start()
+            nameservers = frozenset(
+                line.split()[1]
+                for line in served["/etc/resolv.conf"].decode().splitlines()
+                if line.startswith("nameserver") and len(line.split()) > 1
+            )
         loop = asyncio.get_running_loop()
         remote_writes = config.fs.mode == "write" or bool(config.fs.read_write)
         trapped = (*TRAPPED, *WRITE_TRAPPED) if remote_writes else TRAPPED
@@ -129,6 +140,8 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             progress,
             hostname=hostname,
             served=served,
+            dns_proxy=dns_proxy,
+            nameservers=nameservers,
         )
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)
@@ -146,6 +159,8 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             supervisor.cleanup()
             await proxy.close()
             await udp.close()
+            if dns_proxy is not None:
+                await dns_proxy.close()
         error = launch.exec_error()
         if error is not None:
             print(error, file=sys.stderr, flush=True)

@@ -36,6 +36,7 @@ from tether.intercept.memory import (
     write_bytes,
 )
 from tether.intercept.seccomp import Listener, Notification, Syscall
+from tether.local.dns_proxy import DnsProxy
 from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
@@ -117,6 +118,8 @@ class Supervisor:
         *,
         hostname: str,
         served: dict[str, bytes],
+        dns_proxy: DnsProxy | None = None,
+        nameservers: frozenset[str] = frozenset(),
     ) -> None:
         self.listener = listener
         self.tunnel = tunnel
@@ -127,6 +130,8 @@ class Supervisor:
         self.progress = progress
         self.hostname = hostname
         self.served = served
+        self.dns_proxy = dns_proxy
+        self.nameservers = nameservers
         self.remote = RemoteFiles(tunnel)
         self.listening: set[int] = set()
         self.peers: dict[int, tuple[int, str, int]] = {}  # socket inode -> original peer
@@ -522,6 +527,9 @@ class Supervisor:
             sock.close()
             raise
         proto: Literal["tcp", "udp"] = "tcp" if kind == socket.SOCK_STREAM else "udp"
+        if self.dns_proxy is not None and port == 53 and host in self.nameservers:
+            self._connect_dns(notif, sock, proto, family, host)
+            return
         if kind not in (socket.SOCK_STREAM, socket.SOCK_DGRAM) or (
             self.net.decide(host, port, hostname=None, proto=proto) is Side.LOCAL
         ):
@@ -532,6 +540,27 @@ class Supervisor:
             self._spawn(notif, self._connect_udp(notif, sock, family, host, port))
         else:
             self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+
+    def _connect_dns(
+        self, notif: Notification, sock: socket.socket, proto: str, family: int, host: str
+    ) -> None:
+        """Point a DNS connection at the local DNS responder (local-name patterns are set)."""
+        assert self.dns_proxy is not None
+        try:
+            port = self.dns_proxy.tcp_port if proto == "tcp" else self.dns_proxy.udp_port
+            blocking = os.get_blocking(sock.fileno())
+            err = sock.connect_ex(("127.0.0.1", port))
+            if err not in (0, errno.EINPROGRESS, errno.EISCONN):
+                self.listener.respond_error(notif.id, err)
+                return
+            self.dns_proxy.expect(int(sock.getsockname()[1]), (host, 53))
+            self.peers[os.fstat(sock.fileno()).st_ino] = (family, host, 53)
+            if blocking or err != errno.EINPROGRESS:
+                self.listener.respond_value(notif.id, 0)
+            else:
+                self.listener.respond_error(notif.id, errno.EINPROGRESS)
+        finally:
+            sock.close()
 
     async def _connect_udp(
         self, notif: Notification, sock: socket.socket, family: int, host: str, port: int
