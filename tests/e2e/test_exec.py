@@ -287,11 +287,12 @@ REQUESTS_AND_ASYNCIO = textwrap.dedent(
         data = await reader.read()
         writer.close()
         peer = writer.get_extra_info("peername")
-        return data.split(b"\\r\\n\\r\\n", 1)[1], peer
+        local = writer.get_extra_info("sockname")
+        return data.split(b"\\r\\n\\r\\n", 1)[1], peer, local
 
-    raw, peer = asyncio.run(fetch())
+    raw, peer, local = asyncio.run(fetch())
     print(json.dumps({"requests": body["path"], "asyncio": json.loads(raw)["path"],
-                      "peer_port": peer[1]}))
+                      "peer_port": peer[1], "local_ip": local[0]}))
     """
 )
 
@@ -300,7 +301,9 @@ def test_python_requests_and_asyncio_clients() -> None:
     proc = texec(sys.executable, "-c", REQUESTS_AND_ASYNCIO)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    assert got == {"requests": "/requests", "asyncio": "/asyncio", "peer_port": 80}
+    pod_ip = ready_pod("shop", "frontend")["status"]["podIP"]
+    assert got == {"requests": "/requests", "asyncio": "/asyncio", "peer_port": 80,
+                   "local_ip": pod_ip}  # fmt: skip
 
 
 def test_write_mode_round_trip(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ starts again on the same etcd data, certificates and imported images.
 
 import contextlib
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from devcluster import build, components, images, install, layout, network, pki
 from devcluster.errors import DevclusterError
-from devcluster.procs import Daemon, pids_of_exe
+from devcluster.procs import Daemon, file_lock, pids_of_exe
 from devcluster.shell import run
 
 log = logging.getLogger("devcluster")
@@ -390,13 +389,8 @@ def _wait_workloads(since: float, timeout: float = 120) -> None:
 def _exclusive() -> Iterator[None]:
     """One `up`/`down` at a time on this machine: two recoveries racing would end each
     other's processes."""
-    layout.STATE.mkdir(parents=True, exist_ok=True)
-    with open(layout.STATE / "devcluster.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(layout.STATE / "devcluster.lock"):
+        yield
 
 
 def up(project: Path | None) -> float:

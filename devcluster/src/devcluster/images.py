@@ -6,7 +6,6 @@ what went into them, so only the tether layer is rebuilt from the working tree e
 """
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from devcluster import layout
 from devcluster.errors import DevclusterError
+from devcluster.procs import file_lock
 from devcluster.shell import out, run
 
 # Bump when what goes into a layer changes, to invalidate caches.
@@ -239,13 +239,8 @@ def _image_id(layers: list[Layer], config: dict[str, object]) -> str:
 def _image_lock() -> Iterator[None]:
     """One image build/import at a time on this machine: concurrent `ctr images import` of
     the same layers races in containerd's snapshotter ("parent snapshot does not exist")."""
-    layout.CACHE.mkdir(parents=True, exist_ok=True)
-    with open(layout.CACHE / "images.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(layout.CACHE / "images.lock"):
+        yield
 
 
 def _import(image: str, layers: list[Layer], config: dict[str, object]) -> bool:

@@ -142,6 +142,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             served=served,
             dns_proxy=dns_proxy,
             nameservers=nameservers,
+            pod_ip=session.target.pod_ip if session.target else None,
         )
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)

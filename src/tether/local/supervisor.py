@@ -59,7 +59,8 @@ _DRAIN = 64
 TRAPPED = (
     Syscall.open, Syscall.openat, Syscall.openat2, Syscall.stat, Syscall.lstat,
     Syscall.newfstatat, Syscall.statx, Syscall.access, Syscall.faccessat, Syscall.faccessat2,
-    Syscall.readlink, Syscall.readlinkat, Syscall.connect, Syscall.getpeername, Syscall.uname,
+    Syscall.readlink, Syscall.readlinkat, Syscall.connect, Syscall.getpeername,
+    Syscall.getsockname, Syscall.uname,
     Syscall.listen,
 )  # fmt: skip
 # With remote writes possible, close (to send a file's content back) and the calls that change
@@ -120,6 +121,7 @@ class Supervisor:
         served: dict[str, bytes],
         dns_proxy: DnsProxy | None = None,
         nameservers: frozenset[str] = frozenset(),
+        pod_ip: str | None = None,
     ) -> None:
         self.listener = listener
         self.tunnel = tunnel
@@ -131,6 +133,7 @@ class Supervisor:
         self.hostname = hostname
         self.served = served
         self.dns_proxy = dns_proxy
+        self.pod_ip = pod_ip
         self.nameservers = nameservers
         self.remote = RemoteFiles(tunnel)
         self.listening: set[int] = set()
@@ -161,6 +164,7 @@ class Supervisor:
             Syscall.readlinkat: self._readlink,
             Syscall.connect: self._connect,
             Syscall.getpeername: self._getpeername,
+            Syscall.getsockname: self._getsockname,
             Syscall.uname: self._uname,
             Syscall.listen: self._listen,
             Syscall.close: self._close,
@@ -536,82 +540,66 @@ class Supervisor:
             sock.close()
             self.listener.respond_continue(notif.id)
             return
-        if proto == "udp":
-            self._spawn(notif, self._connect_udp(notif, sock, family, host, port))
+        self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+
+    def _redirect(
+        self,
+        notif: Notification,
+        sock: socket.socket,
+        loopback_port: int,
+        peer: tuple[int, str, int],
+        register: Callable[[int], None],
+    ) -> bool:
+        """Connect the app's socket (through our dup, which shares its open file description)
+        to one of our loopback endpoints, hand its source port to `register`, remember the
+        peer for getpeername, and answer the connect as the kernel would. False if the
+        loopback connect itself failed (the errno has been answered)."""
+        blocking = os.get_blocking(sock.fileno())
+        # An IPv6 socket reaches our IPv4 loopback endpoints through the v4-mapped address.
+        target = "::ffff:127.0.0.1" if sock.family == socket.AF_INET6 else "127.0.0.1"
+        err = sock.connect_ex((target, loopback_port))
+        if err not in (0, errno.EINPROGRESS, errno.EISCONN):
+            self.listener.respond_error(notif.id, err)
+            return False
+        register(int(sock.getsockname()[1]))
+        self.peers[os.fstat(sock.fileno()).st_ino] = peer
+        if blocking or err != errno.EINPROGRESS:
+            self.listener.respond_value(notif.id, 0)
         else:
-            self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+            self.listener.respond_error(notif.id, errno.EINPROGRESS)
+        return True
 
     def _connect_dns(
         self, notif: Notification, sock: socket.socket, proto: str, family: int, host: str
     ) -> None:
         """Point a DNS connection at the local DNS responder (local-name patterns are set)."""
-        assert self.dns_proxy is not None
-        try:
-            port = self.dns_proxy.tcp_port if proto == "tcp" else self.dns_proxy.udp_port
-            blocking = os.get_blocking(sock.fileno())
-            err = sock.connect_ex(("127.0.0.1", port))
-            if err not in (0, errno.EINPROGRESS, errno.EISCONN):
-                self.listener.respond_error(notif.id, err)
-                return
-            self.dns_proxy.expect(int(sock.getsockname()[1]), (host, 53))
-            self.peers[os.fstat(sock.fileno()).st_ino] = (family, host, 53)
-            if blocking or err != errno.EINPROGRESS:
-                self.listener.respond_value(notif.id, 0)
-            else:
-                self.listener.respond_error(notif.id, errno.EINPROGRESS)
-        finally:
-            sock.close()
-
-    async def _connect_udp(
-        self, notif: Notification, sock: socket.socket, family: int, host: str, port: int
-    ) -> None:
-        try:
-            if family != socket.AF_INET:
-                self.listener.respond_error(notif.id, errno.ENETUNREACH)
-                return
-            stream = await self.tunnel.open_stream("udp", {"host": host, "port": port})
-            if not self.listener.id_valid(notif.id):
-                stream.reset("ECONNABORTED", "the application gave up", 103)
-                return
-            # Connecting the dup connects the app's socket to our UDP proxy (immediate for UDP).
-            sock.connect(("127.0.0.1", self.udp.port))
-            self.udp.expect(int(sock.getsockname()[1]), stream)
-            self.peers[os.fstat(sock.fileno()).st_ino] = (family, host, port)
-            self.progress.detail(f"udp {host}:{port} -> via the pod")
-            self.listener.respond_value(notif.id, 0)
-        finally:
-            sock.close()
+        dns_proxy = self.dns_proxy
+        assert dns_proxy is not None
+        port = dns_proxy.tcp_port if proto == "tcp" else dns_proxy.udp_port
+        with sock:
+            self._redirect(
+                notif, sock, port, (family, host, 53), lambda src: dns_proxy.expect(src, (host, 53))
+            )
 
     async def _connect_remote(
         self, notif: Notification, sock: socket.socket, family: int, host: str, port: int
     ) -> None:
-        try:
-            stream = await self.tunnel.open_stream("tcp", {"host": host, "port": port})
+        """TCP or connected UDP through the pod: the stream first (so a refused destination
+        fails the connect with its errno), then the socket to our loopback relay."""
+        with sock:
+            udp = sock.type == socket.SOCK_DGRAM
+            kind = "udp" if udp else "tcp"
+            stream = await self.tunnel.open_stream(kind, {"host": host, "port": port})
             if not self.listener.id_valid(notif.id):
                 stream.reset("ECONNABORTED", "the application gave up", 103)
                 return
-            blocking = os.get_blocking(sock.fileno())
-            # The dup shares the app's open file description: connecting it connects the app's
-            # socket, to our loopback proxy, which then relays to the stream.
-            proxy = ("127.0.0.1", self.proxy.port) if family == socket.AF_INET else None
-            if proxy is None:
-                stream.reset("EAFNOSUPPORT", "IPv6 destinations are not redirected yet", 97)
-                self.listener.respond_error(notif.id, errno.ENETUNREACH)
-                return
-            err = sock.connect_ex(proxy)
-            if err not in (0, errno.EINPROGRESS, errno.EISCONN):
-                stream.reset("ECONNABORTED", os.strerror(err), err)
-                self.listener.respond_error(notif.id, err)
-                return
-            self.proxy.expect(int(sock.getsockname()[1]), stream)
-            self.peers[os.fstat(sock.fileno()).st_ino] = (family, host, port)
-            self.progress.detail(f"connect {host}:{port} -> via the pod")
-            if blocking or err == 0:
-                self.listener.respond_value(notif.id, 0)
+            relay: OutgoingProxy | UdpProxy = self.udp if udp else self.proxy
+            if self._redirect(
+                notif, sock, relay.port, (family, host, port), lambda src: relay.expect(src, stream)
+            ):
+                self.progress.detail(f"{kind} {host}:{port} -> via the pod")
             else:
-                self.listener.respond_error(notif.id, errno.EINPROGRESS)
-        finally:
-            sock.close()
+                stream.reset("ECONNABORTED", "loopback relay unreachable", 103)
 
     def _getpeername(self, notif: Notification) -> None:
         dup = dup_from(notif.pid, _i32(notif.args[0]))
@@ -624,6 +612,24 @@ class Supervisor:
             return
         family, host, port = peer
         data = pack_sockaddr(family, host, port)
+        (room,) = struct.unpack("<i", read_bytes(notif.pid, notif.args[2], 4))
+        write_bytes(notif.pid, notif.args[1], data[: max(0, room)])
+        write_bytes(notif.pid, notif.args[2], struct.pack("<i", len(data)))
+        self.listener.respond_value(notif.id, 0)
+
+    def _getsockname(self, notif: Notification) -> None:
+        """A redirected socket's local address is the pod's IP (with the real local port), as
+        the connection would have had from the pod."""
+        if not self.pod_ip:
+            self.listener.respond_continue(notif.id)
+            return
+        with socket.socket(fileno=dup_from(notif.pid, _i32(notif.args[0]))) as sock:
+            peer = self.peers.get(os.fstat(sock.fileno()).st_ino)
+            local = sock.getsockname() if peer is not None else None
+        if peer is None or not isinstance(local, tuple) or peer[0] != socket.AF_INET:
+            self.listener.respond_continue(notif.id)
+            return
+        data = pack_sockaddr(socket.AF_INET, self.pod_ip, int(local[1]))
         (room,) = struct.unpack("<i", read_bytes(notif.pid, notif.args[2], 4))
         write_bytes(notif.pid, notif.args[1], data[: max(0, room)])
         write_bytes(notif.pid, notif.args[2], struct.pack("<i", len(data)))
