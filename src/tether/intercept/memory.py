@@ -83,6 +83,9 @@ def read_bytes(pid: int, address: int, size: int) -> bytes:
     return buf.raw
 
 
+_FIRST_READ = 256
+
+
 def read_cstring(pid: int, address: int, limit: int = 4096) -> bytes:
     """Read the NUL-terminated string at `address` (without its NUL).
 
@@ -97,7 +100,9 @@ def read_cstring(pid: int, address: int, limit: int = 4096) -> bytes:
     base = ctypes.addressof(cbuf)
     done = 0
     while done < limit:
-        chunk = min(limit - done, PAGE_SIZE - (address + done) % PAGE_SIZE)
+        # Most paths are short: a small first read is much cheaper than one to the page edge.
+        first = _FIRST_READ if done == 0 else PAGE_SIZE
+        chunk = min(limit - done, PAGE_SIZE - (address + done) % PAGE_SIZE, first)
         n = _transfer(pid, address + done, base + done, chunk, write=False)
         end = buf.find(0, done, done + n)
         if end >= 0:

@@ -122,12 +122,16 @@ class DnsProxy(asyncio.DatagramProtocol):
         self.progress.detail(f"dns {name} resolved locally")
         if family is None:
             return response.to_wire()
+        loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                name, None, family=family, type=socket.SOCK_STREAM
-            )
+            infos = await loop.getaddrinfo(name, None, family=family, type=socket.SOCK_STREAM)
         except socket.gaierror:
-            response.set_rcode(dns.rcode.NXDOMAIN)
+            # NXDOMAIN only if the name has no address at all: a name with only IPv4 answers
+            # AAAA with "no data", or resolvers querying both would give up on it.
+            try:
+                await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            except socket.gaierror:
+                response.set_rcode(dns.rcode.NXDOMAIN)
             return response.to_wire()
         addresses = sorted({str(info[4][0]) for info in infos})
         rrset = dns.rrset.from_text_list(question.name, 5, "IN", question.rdtype, addresses)

@@ -144,6 +144,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             nameservers=nameservers,
             pod_ip=session.target.pod_ip if session.target else None,
         )
+        supervisor.on_fatal = lambda: _kill_tree(launch.pid)
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)
         progress.detail(f"started {argv[0]} (pid {launch.pid})")
@@ -165,7 +166,9 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         error = launch.exec_error()
         if error is not None:
             print(error, file=sys.stderr, flush=True)
-        if supervisor.failure is not None:
+        if supervisor.fatal:
+            progress.warn(f"the interceptor failed ({supervisor.failure}); the process was ended")
+        elif supervisor.failure is not None:
             progress.warn(f"the interceptor hit an internal error: {supervisor.failure}")
         counts = ", ".join(f"{Syscall(nr).name} {n}" for nr, n in supervisor.by_nr.most_common())
         progress.detail(f"{supervisor.count} syscalls intercepted ({counts})")

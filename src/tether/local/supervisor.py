@@ -179,6 +179,8 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.on_fatal: Callable[[], None] | None = None
+        self.fatal = False
         self._poll = select.poll()
         self._poll.register(listener.fileno(), select.POLLIN)
 
@@ -206,6 +208,18 @@ class Supervisor:
             task.cancel()
 
     def _run(self) -> None:
+        try:
+            self._loop_notifications()
+        except Exception as exc:
+            # Without a supervisor every trapped call would fail with ENOSYS or hang: end the
+            # process tree rather than leave it half-working, and say why.
+            log.exception("the supervisor thread failed")
+            self.failure = exc
+            self.fatal = True
+            if self.on_fatal is not None:
+                self.on_fatal()
+
+    def _loop_notifications(self) -> None:
         while not self._stopping:
             events = self._poll.poll(100)
             if not events:
@@ -557,12 +571,18 @@ class Supervisor:
         blocking = os.get_blocking(sock.fileno())
         # An IPv6 socket reaches our IPv4 loopback endpoints through the v4-mapped address.
         target = "::ffff:127.0.0.1" if sock.family == socket.AF_INET6 else "127.0.0.1"
+        # Register the source port before connecting: the endpoint may accept (on the event
+        # loop thread) before this thread gets past connect.
+        source = int(sock.getsockname()[1])
+        if source == 0:
+            sock.bind((target, 0))
+            source = int(sock.getsockname()[1])
+        register(source)
+        self.peers[os.fstat(sock.fileno()).st_ino] = peer
         err = sock.connect_ex((target, loopback_port))
         if err not in (0, errno.EINPROGRESS, errno.EISCONN):
             self.listener.respond_error(notif.id, err)
             return False
-        register(int(sock.getsockname()[1]))
-        self.peers[os.fstat(sock.fileno()).st_ino] = peer
         if blocking or err != errno.EINPROGRESS:
             self.listener.respond_value(notif.id, 0)
         else:
