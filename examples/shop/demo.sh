@@ -21,7 +21,7 @@ echo "#   PORT=18081 tether exec --target deployment/frontend -n shop -- python3
 PORT=18081 tether exec -q --target deployment/frontend -n shop \
     --agent-image docker.io/tether/agent:dev -- python3 app/shop.py frontend >/tmp/tether-demo.log 2>&1 &
 demo_pid=$!
-trap 'kill -INT $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null' EXIT
+trap 'status=$?; kill -TERM $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true; exit $status' EXIT
 for _ in $(seq 1 100); do
     curl -sf localhost:18081/healthz >/dev/null 2>&1 && break
     sleep 0.2
