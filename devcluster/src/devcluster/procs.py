@@ -127,6 +127,10 @@ class Daemon:
                 while self.pid() is not None:
                     _reap(pid)
                     time.sleep(0.05)
+        else:
+            # Exited already: if it was started by this very process, reap the zombie.
+            with contextlib.suppress(OSError, ValueError):
+                _reap(int(self.pidfile.read_text().split()[0]))
         self.pidfile.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 5) -> str:
