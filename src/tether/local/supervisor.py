@@ -453,10 +453,17 @@ class Supervisor:
 
     # -- stat, access, readlink --------------------------------------------------------------
 
-    def _remote_path(self, path: str) -> bool:
-        return path not in self.served and self.files.decide(path, write=False) not in (
-            FileAction.LOCAL,
-        )
+    def _answered_here(self, notif: Notification, path: str) -> bool:
+        """Answer a metadata call that needs no agent (ENOENT for `not_found`, CONTINUE for a
+        local or served path); False when the path is the pod's."""
+        action = self.files.decide(path, write=False)
+        if action is FileAction.NOT_FOUND:
+            self.listener.respond_error(notif.id, errno.ENOENT)
+        elif path in self.served or action is FileAction.LOCAL:
+            self.listener.respond_continue(notif.id)
+        else:
+            return False
+        return True
 
     def _stat(self, notif: Notification) -> None:
         nr = notif.nr
@@ -473,12 +480,7 @@ class Supervisor:
             self.listener.respond_continue(notif.id)  # fstat of an fd: native
             return
         path = self._path(notif, dirfd_arg, path_arg)
-        action = self.files.decide(path, write=False)
-        if action is FileAction.NOT_FOUND:
-            self.listener.respond_error(notif.id, errno.ENOENT)
-        elif path in self.served or action is FileAction.LOCAL:
-            self.listener.respond_continue(notif.id)
-        else:
+        if not self._answered_here(notif, path):
             self._spawn(notif, self._stat_remote(notif, path, follow, buf))
 
     async def _stat_remote(self, notif: Notification, path: str, follow: bool, buf: int) -> None:
@@ -494,26 +496,21 @@ class Supervisor:
             path, mode = self._path(notif, None, 0), notif.args[1]
         else:
             path, mode = self._path(notif, 0, 1), notif.args[2]
-        action = self.files.decide(path, write=False)
-        if action is FileAction.NOT_FOUND:
-            self.listener.respond_error(notif.id, errno.ENOENT)
-        elif path in self.served or action is FileAction.LOCAL:
-            self.listener.respond_continue(notif.id)
-        else:
+        if self._answered_here(notif, path):
+            return
 
-            async def remote_access() -> None:
-                await self.remote.access(path, mode)
-                self.listener.respond_value(notif.id, 0)
+        async def remote_access() -> None:
+            await self.remote.access(path, mode)
+            self.listener.respond_value(notif.id, 0)
 
-            self._spawn(notif, remote_access())
+        self._spawn(notif, remote_access())
 
     def _readlink(self, notif: Notification) -> None:
         if notif.nr == Syscall.readlink:
             path, buf, size = self._path(notif, None, 0), notif.args[1], notif.args[2]
         else:
             path, buf, size = self._path(notif, 0, 1), notif.args[2], notif.args[3]
-        if not self._remote_path(path):
-            self.listener.respond_continue(notif.id)
+        if self._answered_here(notif, path):
             return
 
         async def remote_readlink() -> None:
@@ -630,8 +627,11 @@ class Supervisor:
         if peer is None:
             self.listener.respond_continue(notif.id)
             return
-        family, host, port = peer
-        data = pack_sockaddr(family, host, port)
+        self._answer_sockaddr(notif, pack_sockaddr(*peer))
+
+    def _answer_sockaddr(self, notif: Notification, data: bytes) -> None:
+        """Complete getpeername/getsockname(fd, addr, addrlen) with `data`, truncated to the
+        room the caller gave, as the kernel does."""
         (room,) = struct.unpack("<i", read_bytes(notif.pid, notif.args[2], 4))
         write_bytes(notif.pid, notif.args[1], data[: max(0, room)])
         write_bytes(notif.pid, notif.args[2], struct.pack("<i", len(data)))
@@ -649,11 +649,7 @@ class Supervisor:
         if peer is None or not isinstance(local, tuple) or peer[0] != socket.AF_INET:
             self.listener.respond_continue(notif.id)
             return
-        data = pack_sockaddr(socket.AF_INET, self.pod_ip, int(local[1]))
-        (room,) = struct.unpack("<i", read_bytes(notif.pid, notif.args[2], 4))
-        write_bytes(notif.pid, notif.args[1], data[: max(0, room)])
-        write_bytes(notif.pid, notif.args[2], struct.pack("<i", len(data)))
-        self.listener.respond_value(notif.id, 0)
+        self._answer_sockaddr(notif, pack_sockaddr(socket.AF_INET, self.pod_ip, int(local[1])))
 
     def _listen(self, notif: Notification) -> None:
         try:
