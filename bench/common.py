@@ -41,52 +41,59 @@ def kubectl(*args: str, input: str | None = None) -> str:
     ).stdout
 
 
-def ensure_bench_server() -> str:
-    """Deploy the bench server (idempotent); return its ready pod's name."""
-    code = (HERE / "server.py").read_text()
-    items = [
+def deploy_script(name: str, script: Path, extra: list[dict[str, object]] | None = None) -> str:
+    """Deploy `script` as Deployment NAME on the python image (plus `extra` objects) in the
+    bench namespace, idempotently; wait for it and return its ready pod's name."""
+    labels = {"app": name}
+    items: list[dict[str, object]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "bench-server", "namespace": NAMESPACE},
-            "data": {"server.py": code},
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "data": {script.name: script.read_text()},
         },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": "bench", "namespace": NAMESPACE},
+            "metadata": {"name": name, "namespace": NAMESPACE},
             "spec": {
-                "selector": {"matchLabels": {"app": "bench"}},
+                "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": {"app": "bench"}},
+                    "metadata": {"labels": labels},
                     "spec": {
                         "terminationGracePeriodSeconds": 1,
                         "containers": [
                             {
-                                "name": "bench",
+                                "name": name,
                                 "image": PYTHON_IMAGE,
                                 "imagePullPolicy": "Never",
-                                "command": ["python3", "-u", "/bench/server.py"],
+                                "command": ["python3", "-u", f"/bench/{script.name}"],
                                 "volumeMounts": [{"name": "code", "mountPath": "/bench"}],
                             }
                         ],
-                        "volumes": [{"name": "code", "configMap": {"name": "bench-server"}}],
+                        "volumes": [{"name": "code", "configMap": {"name": name}}],
                     },
                 },
             },
         },
+        *(extra or []),
     ]
     kubectl(
         "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
     )
-    kubectl("-n", NAMESPACE, "rollout", "status", "deployment/bench", "--timeout=120s")
-    pods = json.loads(kubectl("-n", NAMESPACE, "get", "pods", "-l", "app=bench", "-o", "json"))
+    kubectl("-n", NAMESPACE, "rollout", "status", f"deployment/{name}", "--timeout=120s")
+    pods = json.loads(kubectl("-n", NAMESPACE, "get", "pods", "-l", f"app={name}", "-o", "json"))
     for pod in pods["items"]:
         statuses = pod["status"].get("containerStatuses", [])
         if not pod["metadata"].get("deletionTimestamp") and statuses and statuses[0]["ready"]:
             return str(pod["metadata"]["name"])
-    raise RuntimeError("bench server pod not ready")
+    raise RuntimeError(f"{name} pod not ready")
+
+
+def ensure_bench_server() -> str:
+    """Deploy the bench server (idempotent); return its ready pod's name."""
+    return deploy_script("bench", HERE / "server.py")
 
 
 async def kube() -> KubeClient:

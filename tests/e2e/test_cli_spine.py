@@ -212,13 +212,15 @@ def test_sigkilled_client_leaves_an_agent_that_exits_by_itself(tmp_path: Path) -
         ours = _agent_jobs() - jobs_before
         assert len(ours) == 1, ours
         job = next(iter(ours)).split("/", 1)[1]
+        # By the Job's uid: a shared agent Job's name is reused by the next session's Job.
+        uid = json.loads(kubectl("-n", "shop", "get", "job", job, "-o", "json"))["metadata"]["uid"]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         # The Job stays (nobody deleted it) but its agent notices the lost client and exits.
         deadline = time.monotonic() + 30
         phases: list[str] = []
         while time.monotonic() < deadline:
-            out = kubectl("-n", "shop", "get", "pods", "-l", f"job-name={job}", "-o", "json")
+            out = kubectl("-n", "shop", "get", "pods", "-l", f"controller-uid={uid}", "-o", "json")
             phases = [p["status"].get("phase", "") for p in json.loads(out)["items"]]
             if phases and all(p == "Succeeded" for p in phases):
                 break

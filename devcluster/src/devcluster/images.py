@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from devcluster.shell import out, run
 _RECIPE = "3"
 _PY = "python3.11"
 _DIST = "usr/lib/python3/dist-packages"
+_IMPORT_ATTEMPTS = 3
 _SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data"}
 _PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -167,8 +169,9 @@ def _populate_pause(root: Path) -> None:
 
 
 def _populate_agent_tools(root: Path, deps: list[str]) -> None:
-    """iptables (both backends) and tether's Python dependencies."""
-    binaries = ["/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi"]
+    """iptables (both backends), ss (iproute2) and tether's Python dependencies."""
+    # ss -K resets the target's connections to a port when its traffic is stolen.
+    binaries = ["/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi", "/usr/bin/ss"]
     for b in binaries:
         _copy_file(b, root)
     for name in (
@@ -254,15 +257,22 @@ def _import(image: str, layers: list[Layer], config: dict[str, object]) -> bool:
     with tempfile.TemporaryDirectory(prefix="devcluster-image-") as tmp:
         archive = Path(tmp) / "image.tar"
         _archive(image, layers, config, archive)
-        try:
-            subprocess.run(
-                ["ctr", "-n", "k8s.io", "images", "import", "--no-unpack=false", str(archive)],
-                check=True,
-                capture_output=True,
-            )
-        except subprocess.CalledProcessError as exc:
-            msg = exc.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            raise DevclusterError(f"importing {image} into containerd failed: {msg}") from exc
+        for attempt in range(_IMPORT_ATTEMPTS):
+            try:
+                subprocess.run(
+                    ["ctr", "-n", "k8s.io", "images", "import", "--no-unpack=false", str(archive)],
+                    check=True,
+                    capture_output=True,
+                )
+                break
+            except subprocess.CalledProcessError as exc:
+                msg = exc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+                # containerd's snapshotter sometimes loses a parent snapshot it is still
+                # garbage-collecting; the same import then succeeds when run again.
+                if "parent snapshot" in str(msg) and attempt < _IMPORT_ATTEMPTS - 1:
+                    time.sleep(1)
+                    continue
+                raise DevclusterError(f"importing {image} into containerd failed: {msg}") from exc
     stamp.write_text(image_id)
     return True
 
@@ -319,7 +329,8 @@ def _build_agent_image(project: Path) -> bool:
     deps = project_dependencies(project / "pyproject.toml")
     ipt = _dpkg_version("iptables")
     tools = cached_layer(
-        f"agent-tools:{ipt}:{sorted(deps)}", lambda root: _populate_agent_tools(root, deps)
+        f"agent-tools+ss:{ipt}:{_dpkg_version('iproute2')}:{sorted(deps)}",
+        lambda root: _populate_agent_tools(root, deps),
     )
     layout.LAYERS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="devcluster-tether-") as tmp:

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from tether.agent.incoming.guard import run_guarded
 from tether.agent.server import Agent
 from tether.agent.target import Target, TargetNotFound
 
@@ -36,9 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     except (TargetNotFound, ValueError) as exc:
         print(f"tether-agent: {exc}", file=sys.stderr)
         return 2
-    agent = Agent(target, secret, args.idle_timeout)
-    asyncio.run(agent.serve(args.listen, args.port))
-    return 0
+
+    def serve() -> int:
+        # Runs in the guard's child: threads and the event loop only start here.
+        agent = Agent(target, secret, args.idle_timeout)
+        asyncio.run(agent.serve(args.listen, args.port))
+        return 0
+
+    try:
+        # The guard removes the agent's iptables chains however the serving process exits.
+        return run_guarded(serve, target.netns_path)
+    except OSError as exc:
+        if target.netns_path is None:
+            raise  # from serve() itself: targetless agents run it in this process
+        # Opening the namespace (the target exited since we found it) or fork failed.
+        print(f"tether-agent: cannot start the exit guard: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -44,10 +44,12 @@ def _family(host_ip: str) -> socket.AddressFamily:
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
-def _connect_tcp(host_ip: str, port: int, timeout: float) -> socket.socket:
+def _connect_tcp(host_ip: str, port: int, timeout: float, mark: int | None) -> socket.socket:
     sock = socket.socket(_family(host_ip), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         sock.settimeout(timeout)
         try:
             sock.connect((host_ip, port))
@@ -56,6 +58,19 @@ def _connect_tcp(host_ip: str, port: int, timeout: float) -> socket.socket:
             if e.errno is None:
                 raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
             raise
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen_tcp(host_ip: str, backlog: int) -> socket.socket:
+    sock = socket.socket(_family(host_ip), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host_ip, 0))
+        sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -129,13 +144,20 @@ class NetnsExecutor:
             future.add_done_callback(_close_result)
             raise
 
-    async def open_tcp(self, host_ip: str, port: int, timeout: float) -> socket.socket:
-        """A TCP socket connected from inside the namespace, non-blocking, TCP_NODELAY set.
+    async def open_tcp(
+        self, host_ip: str, port: int, timeout: float, mark: int | None = None
+    ) -> socket.socket:
+        """A TCP socket connected from inside the namespace, non-blocking, TCP_NODELAY set,
+        with SO_MARK `mark` if given (so the incoming redirect rules let it pass).
 
         Wrap it with `asyncio.open_connection(sock=...)`. Raises OSError with the connect
         errno (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ...; EINVAL for a non-IP).
         """
-        return await self._run_socket(_connect_tcp, host_ip, port, timeout)
+        return await self._run_socket(_connect_tcp, host_ip, port, timeout, mark)
+
+    async def listen_tcp(self, host_ip: str = "0.0.0.0", backlog: int = 1024) -> socket.socket:
+        """A non-blocking TCP socket listening on an ephemeral port inside the namespace."""
+        return await self._run_socket(_listen_tcp, host_ip, backlog)
 
     async def open_udp(self, host_ip: str, port: int) -> socket.socket:
         """A connected, non-blocking UDP socket created inside the namespace."""

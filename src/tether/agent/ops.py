@@ -6,10 +6,13 @@ Each session gets its own RootFS so open file handles die with the session.
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from tether.agent.environ import filter_env, read_environ
 from tether.agent.files import RootFS
+from tether.agent.incoming.filters import HttpFilter
+from tether.agent.incoming.manager import IncomingError, IncomingManager, SessionRef
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target
 from tether.protocol import MAX_PAYLOAD, RemoteError
@@ -60,10 +63,20 @@ def resolve_error(exc: ResolveError) -> RemoteOpError:
 class Operations:
     """Request handlers for one session."""
 
-    def __init__(self, target: Target, resolver: PodResolver) -> None:
+    def __init__(
+        self,
+        target: Target,
+        resolver: PodResolver,
+        incoming: IncomingManager | None = None,
+        session: SessionRef | None = None,
+        on_leave: Callable[[], bool] | None = None,
+    ) -> None:
         self.target = target
         self.resolver = resolver
         self.fs = RootFS(target.root)
+        self.incoming = incoming
+        self.session = session
+        self.on_leave = on_leave
 
     def close(self) -> None:
         """Release the session's open files."""
@@ -156,3 +169,68 @@ class Operations:
 
     async def op_fs_rename(self, args: dict[str, Any]) -> None:
         self.fs.rename(_str(args, "old"), _str(args, "new"))
+
+    async def op_session_leave(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The session is about to close; tell it whether it was the agent's last one (then
+        the agent stops taking sessions and exits, and the session removes its Job)."""
+        return {"last": self.on_leave() if self.on_leave is not None else True}
+
+    def _incoming(self) -> tuple[IncomingManager, SessionRef]:
+        if self.incoming is None or self.session is None:
+            raise RemoteOpError(
+                RemoteError(
+                    "EOPNOTSUPP", "incoming traffic needs a target (this agent is targetless)", 95
+                )
+            )
+        return self.incoming, self.session
+
+    async def op_incoming_subscribe(self, args: dict[str, Any]) -> dict[str, Any]:
+        incoming, session = self._incoming()
+        port = _int(args, "port")
+        if not 0 < port < 65536:
+            raise RemoteOpError(RemoteError("EINVAL", f"port {port} is out of range", 22))
+        mode = args.get("mode")
+        if mode not in ("mirror", "steal"):
+            raise RemoteOpError(RemoteError("EINVAL", "mode must be mirror or steal", 22))
+        wire = args.get("filter")
+        http_filter = None
+        if wire is not None:
+            try:
+                http_filter = HttpFilter.from_wire(wire)
+            except ValueError as exc:
+                raise RemoteOpError(RemoteError("EINVAL", str(exc), 22)) from None
+        who = args.get("who")
+        if isinstance(who, str) and who:
+            session.who = who
+        try:
+            warnings = await incoming.subscribe(
+                session,
+                port,
+                mode,
+                http_filter,
+                steal_probes=bool(args.get("steal_probes", False)),
+                override=bool(args.get("override", False)),
+                reset=bool(args.get("reset", True)),
+            )
+        except IncomingError as exc:
+            raise exc.as_remote() from None
+        return {"warnings": warnings}
+
+    async def op_incoming_unsubscribe(self, args: dict[str, Any]) -> dict[str, Any]:
+        incoming, session = self._incoming()
+        return {"removed": await incoming.unsubscribe(session, _int(args, "port"))}
+
+    async def op_incoming_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        incoming, session = self._incoming()
+        return {
+            "subscriptions": [
+                {
+                    "port": s.port,
+                    "mode": s.mode,
+                    "filter": s.filter.to_wire() if s.filter else None,
+                    "who": s.session.who,
+                    "mine": s.session is session,
+                }
+                for s in incoming.subscriptions()
+            ]
+        }

@@ -5,6 +5,7 @@ serves requests and streams inside the target's namespaces."""
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from tether import __version__
+from tether.agent.incoming.manager import IncomingManager, SessionRef
 from tether.agent.netns import NetnsExecutor
 from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
@@ -35,7 +37,13 @@ class Agent:
         self.idle_timeout = idle_timeout
         self.executor = NetnsExecutor(target.netns_path)
         self.resolver = PodResolver(target.root, self.executor)
+        self.incoming = IncomingManager(self.executor) if target.netns_path else None
         self.sessions: set[Tunnel] = set()
+        self._leaving: set[Tunnel] = set()
+        self._session_keys = itertools.count(1)
+        # Set when the last session said goodbye: no new session may join an agent that is
+        # about to exit (it would lose it); the joiner starts a new agent instead.
+        self._exiting = False
         self._idle_since = time.monotonic()
         self._stop = asyncio.Event()
 
@@ -61,6 +69,9 @@ class Agent:
                     await asyncio.wait_for(self._stop.wait(), 1.0)
                 if self.sessions:
                     continue
+                if self._exiting:
+                    log.info("the last session left: exiting")
+                    break
                 if time.monotonic() - self._idle_since >= self.idle_timeout:
                     log.info("no client for %.0f s: exiting", self.idle_timeout)
                     break
@@ -68,20 +79,35 @@ class Agent:
             server.close()
             for tunnel in list(self.sessions):
                 await tunnel.close("agent exiting")
+            if self.incoming is not None:
+                await self.incoming.close()
             self.executor.shutdown()
 
     def stop(self) -> None:
         """Ask `serve` to return (closing every session)."""
         self._stop.set()
 
+    def _leave(self, tunnel: Tunnel) -> bool:
+        self._leaving.add(tunnel)
+        if self.sessions - self._leaving:
+            return False
+        self._exiting = True
+        return True
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ops = Operations(self.target, self.resolver)
+        if self._exiting:
+            writer.close()
+            return
         conn = Connection(
             Role.AGENT, secret=self.secret, version=__version__, info={"pid": self.target.pid}
         )
+        ops = Operations(self.target, self.resolver, self.incoming)
         tunnel = Tunnel(
             conn, StreamTransport(reader, writer), on_request=ops, on_stream=self._stream
         )
+        ref = SessionRef(tunnel, next(self._session_keys))
+        ops.session = ref
+        ops.on_leave = lambda: self._leave(tunnel)
         try:
             await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
         except TunnelClosedError as exc:
@@ -94,7 +120,10 @@ class Agent:
             log.info("session ended: %s", why or "closed")
         finally:
             ops.close()
+            if self.incoming is not None:
+                await self.incoming.drop_session(ref)
             self.sessions.discard(tunnel)
+            self._leaving.discard(tunnel)
             if not self.sessions:
                 self._idle_since = time.monotonic()
 

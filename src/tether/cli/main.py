@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 import click
 
 from tether import __version__
-from tether.config import ConfigError, TetherConfig, config_schema, load_config, merge_cli
+from tether.config import (
+    ConfigError,
+    TetherConfig,
+    config_schema,
+    load_config,
+    merge_cli,
+    validate_config,
+)
 from tether.intercept.launcher import LaunchError
 from tether.intercept.seccomp import UnsupportedKernelError
 from tether.kube.errors import KubeError
@@ -23,6 +30,7 @@ from tether.local.forward import (
     parse_local_forward,
     serve_forwards,
 )
+from tether.local.incoming import IncomingError, PortSpecError, parse_port_spec
 from tether.local.progress import Progress
 from tether.local.session import SessionError, open_session
 from tether.tunnel import RemoteOpError, TunnelClosedError
@@ -33,6 +41,8 @@ _USER_ERRORS = (
     KubeError,
     SessionError,
     ForwardSpecError,
+    PortSpecError,
+    IncomingError,
     RemoteOpError,
     TunnelClosedError,
     UnsupportedKernelError,
@@ -100,10 +110,125 @@ def target_options(fn: F) -> F:
     return fn
 
 
+def incoming_options(fn: F) -> F:
+    """Options of commands that receive the target's incoming traffic."""
+    decorators = [
+        click.option(
+            "--mirror",
+            "incoming_flag",
+            flag_value="mirror",
+            help="Copy the target's incoming connections to the local app (config: incoming.mode).",
+        ),
+        click.option(
+            "--steal",
+            "incoming_flag",
+            flag_value="steal",
+            help="Take the target's incoming traffic to the local app instead (all of it, or "
+            "the HTTP requests the --http-* filters match).",
+        ),
+        click.option(
+            "--http-header-filter",
+            "http_header",
+            multiple=True,
+            metavar="REGEX",
+            help='Steal only requests with a header matching REGEX, as "Name: value" '
+            "(repeatable; implies --steal).",
+        ),
+        click.option(
+            "--http-path-filter", "http_path", metavar="REGEX", help="Steal only matching paths."
+        ),
+        click.option(
+            "--http-method",
+            "http_methods",
+            multiple=True,
+            metavar="METHOD",
+            help="Steal only these methods (repeatable).",
+        ),
+        click.option(
+            "--http-filter-any",
+            is_flag=True,
+            default=None,
+            help="A request matching any one --http-* filter is stolen (default: all of them).",
+        ),
+        click.option(
+            "--steal-probes",
+            is_flag=True,
+            default=None,
+            help="Steal Kubernetes probe requests too (default: they reach the pod).",
+        ),
+        click.option(
+            "--override",
+            is_flag=True,
+            default=None,
+            help="Take a port another session steals.",
+        ),
+        click.option(
+            "--no-reset-connections",
+            is_flag=True,
+            default=None,
+            help="Leave the app's open keep-alive connections alone when a steal starts.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+_INCOMING_KEYS = (
+    "incoming_flag",
+    "http_header",
+    "http_path",
+    "http_methods",
+    "http_filter_any",
+    "steal_probes",
+    "override",
+    "no_reset_connections",
+)
+
+
+def apply_incoming(config: TetherConfig, opts: dict[str, Any]) -> TetherConfig:
+    """`config` with the incoming-traffic flags (popped from `opts`) applied."""
+    flags = {key: opts.pop(key, None) for key in _INCOMING_KEYS}
+    port_maps = opts.pop("port_map", ()) or ()
+    ports = opts.pop("incoming_port", ()) or ()
+    data = config.model_dump()
+    incoming = data["incoming"]
+    filter_given = bool(flags["http_header"] or flags["http_path"] or flags["http_methods"])
+    if flags["incoming_flag"]:
+        incoming["mode"] = flags["incoming_flag"]
+    elif filter_given:
+        incoming["mode"] = "steal"
+    if filter_given:
+        incoming["http_filter"] = {
+            "header": list(flags["http_header"] or []),
+            "path": flags["http_path"],
+            "methods": list(flags["http_methods"] or []),
+            "match": "any" if flags["http_filter_any"] else "all",
+        }
+    elif flags["incoming_flag"] == "mirror":
+        incoming["http_filter"] = None  # a file's filter is for steals; --mirror copies all
+    elif flags["http_filter_any"] and incoming["http_filter"]:
+        incoming["http_filter"]["match"] = "any"
+    if flags["steal_probes"]:
+        incoming["steal_probes"] = True
+    if flags["override"]:
+        incoming["override"] = True
+    if flags["no_reset_connections"]:
+        incoming["reset_connections"] = False
+    for text in port_maps:
+        spec = parse_port_spec(text)
+        incoming["port_map"][spec.remote] = spec.local
+    if ports:
+        incoming["ports"] = [parse_port_spec(str(p)).remote for p in ports]
+    return validate_config(data, "command line")
+
+
 def build_config(opts: dict[str, Any]) -> tuple[TetherConfig, Progress]:
     """The file's config with command-line flags on top, and the progress printer."""
     config = load_config(opts.pop("config_path", None), Path.cwd())
     quiet, verbose = opts.pop("quiet", False), opts.pop("verbose", False)
+    if any(key in opts for key in _INCOMING_KEYS):
+        config = apply_incoming(config, opts)
     config = merge_cli(config, **opts)
     return config, Progress(0 if quiet else 2 if verbose else 1)
 
@@ -165,28 +290,58 @@ def format_env(variables: dict[str, str], fmt: str) -> str:
 
 @main.command("port-forward")
 @target_options
+@incoming_options
 @click.option(
     "-L",
     "local",
     multiple=True,
-    required=True,
     metavar="[LOCAL_PORT:]HOST:PORT",
     help="Listen on LOCAL_PORT; connect to HOST:PORT from the target (repeatable).",
 )
-def port_forward(local: tuple[str, ...], **opts: Any) -> None:
-    """Forward local ports to hosts reachable from the target's network."""
+@click.option(
+    "-R",
+    "remote",
+    multiple=True,
+    metavar="REMOTE_PORT[:LOCAL_PORT]",
+    help="Mirror (default) or steal the target's incoming traffic on REMOTE_PORT to "
+    "localhost:LOCAL_PORT (repeatable; see --mirror, --steal, --http-*).",
+)
+def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -> None:
+    """Forward local ports into the target's network (-L), and the target's incoming
+    traffic to local ports (-R)."""
     try:
+        if not local and not remote:
+            raise ForwardSpecError("give at least one -L or -R")
         config, progress = build_config(opts)
+        if config.incoming.mode == "off":
+            config = config.model_copy(
+                update={"incoming": config.incoming.model_copy(update={"mode": "mirror"})}
+            )
+        reverse = [parse_port_spec(spec) for spec in remote]
+        if reverse and (config.target in (None, "targetless")):
+            raise ForwardSpecError("-R needs a target (--target) whose traffic to receive")
         forwards = [parse_local_forward(spec) for spec in local]
         socks = bind_listeners(forwards)
-    except (ConfigError, ForwardSpecError, OSError) as exc:
+    except (ConfigError, ForwardSpecError, PortSpecError, OSError) as exc:
         _fail(str(exc))
         return
 
     async def go() -> int:
+        from tether.local.incoming import IncomingClient
+
         try:
             async with open_session(config, progress) as session:
-                await serve_forwards(session.tunnel, forwards, socks, progress)
+                incoming = IncomingClient(session.tunnel, config.incoming, progress, session.who)
+                for spec in reverse:
+                    await incoming.subscribe(spec.remote, spec.local)
+                try:
+                    if forwards:
+                        await serve_forwards(session.tunnel, forwards, socks, progress)
+                    else:
+                        progress.step("receiving; press Ctrl-C to stop")
+                        await session.tunnel.wait_closed()
+                finally:
+                    await incoming.close()
                 why = session.tunnel._closed
                 if why is not None:
                     raise SessionError(f"lost the tunnel to the agent: {why}")
@@ -203,14 +358,29 @@ def port_forward(local: tuple[str, ...], **opts: Any) -> None:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @target_options
+@incoming_options
+@click.option(
+    "--port-map",
+    multiple=True,
+    metavar="REMOTE:LOCAL",
+    help="Deliver the target's port REMOTE to local port LOCAL (repeatable).",
+)
+@click.option(
+    "--incoming-port",
+    multiple=True,
+    type=int,
+    metavar="PORT",
+    help="Only mirror/steal these remote ports (default: every port the app listens on).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(command: tuple[str, ...], **opts: Any) -> None:
-    """Run COMMAND locally in the target's context: its env, files, network and DNS."""
+    """Run COMMAND locally in the target's context: its env, files, network, DNS, and with
+    --mirror/--steal the traffic that reaches the target's ports it listens on."""
     from tether.local.execute import run_exec
 
     try:
         config, progress = build_config(opts)
-    except ConfigError as exc:
+    except (ConfigError, PortSpecError) as exc:
         _fail(str(exc))
         return
     sys.exit(run_async(run_exec(config, list(command), progress), cancel_on_signals=False))

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/tether-dev/tether-agent:0.1.0"
 DEFAULT_AGENT_PORT = 47047
@@ -408,6 +408,127 @@ class NetworkConfig(BaseModel):
     )
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+def _method(value: str) -> str:
+    upper = value.upper()
+    if not re.fullmatch(r"[A-Z][A-Z0-9_-]*", upper):
+        raise ValueError(f"not an HTTP method: {value!r}")
+    return upper
+
+
+class HttpFilterConfig(BaseModel):
+    """Which HTTP requests a steal takes; the others keep reaching the target's own app."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    header: list[Regex] = Field(
+        default_factory=list,
+        description='Regular expressions searched in each request header written "Name: value" '
+        '(e.g. "^x-dev: alice$"; the name matches in any case).',
+    )
+    path: Regex | None = Field(
+        default=None,
+        description="Regular expression searched in the request's path and query.",
+    )
+    methods: list[Annotated[str, AfterValidator(_method)]] = Field(
+        default_factory=list,
+        description='HTTP methods a request must have (e.g. ["GET", "POST"]); empty: any.',
+    )
+    match: Literal["all", "any"] = Field(
+        default="all",
+        description='"all": a request must meet every criterion given; "any": one is enough.',
+    )
+
+    def is_empty(self) -> bool:
+        """Whether no criterion is set (then the steal takes whole connections)."""
+        return not self.header and self.path is None and not self.methods
+
+    def to_wire(self) -> dict[str, object]:
+        """The filter as the agent's `incoming.subscribe` request carries it."""
+        return {
+            "headers": list(self.header),
+            "path": self.path,
+            "methods": list(self.methods),
+            "mode": self.match,
+        }
+
+
+class IncomingConfig(BaseModel):
+    """Traffic that reaches the target: copy it to your local app, or take it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "mirror", "steal"] = Field(
+        default="off",
+        description='"mirror": your local app gets a copy of each connection to the target\'s '
+        'ports (its answers are dropped); "steal": your local app gets the traffic itself '
+        '(all of it, or with http_filter only matching HTTP requests); "off": nothing. '
+        "tether exec applies it to the ports your app listens on.",
+    )
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list,
+        description="Remote ports to mirror or steal (default: every port the local app "
+        "listens on, mapped back through port_map).",
+    )
+    port_map: dict[Annotated[int, Field(ge=1, le=65535)], Annotated[int, Field(ge=1, le=65535)]] = (
+        Field(
+            default_factory=dict,
+            description="Remote port -> local port the traffic is delivered to (default: the "
+            "same port).",
+        )
+    )
+    http_filter: HttpFilterConfig | None = Field(
+        default=None,
+        description="Steal only the HTTP/1.1 and HTTP/2 (gRPC included) requests that match.",
+    )
+    override: bool = Field(
+        default=False,
+        description="Take a port another session steals (it loses it) with a steal without "
+        "a filter.",
+    )
+    steal_probes: bool = Field(
+        default=False,
+        description="Also steal Kubernetes probe requests (User-Agent kube-probe/...). Off: "
+        "probes always reach the target's app, so it is not restarted while you debug.",
+    )
+    reset_connections: bool = Field(
+        default=True,
+        description="When a steal starts, reset the target app's open connections on that "
+        "port so keep-alive clients reconnect through tether.",
+    )
+
+    @model_validator(mode="after")
+    def _filter_needs_steal(self) -> "IncomingConfig":
+        if self.http_filter is not None and self.mode == "mirror":
+            raise ValueError('http_filter applies to mode "steal" only (mirror copies all)')
+        if self.http_filter is not None and self.http_filter.is_empty():
+            raise ValueError("http_filter needs header, path or methods")
+        return self
+
+    def local_port(self, remote: int) -> int:
+        """Where traffic for `remote` is delivered on this machine."""
+        return self.port_map.get(remote, remote)
+
+    def remote_port(self, local: int) -> int | None:
+        """The remote port whose traffic goes to local port `local`, if it is wanted."""
+        for remote, mapped in self.port_map.items():
+            if mapped == local:
+                return remote if not self.ports or remote in self.ports else None
+        if local in self.port_map:
+            return None  # that remote port is delivered elsewhere
+        return local if not self.ports or local in self.ports else None
+
+
 class TetherConfig(BaseModel):
     """tether's configuration: a tether.toml / tether.yaml / tether.json file."""
 
@@ -445,4 +566,8 @@ class TetherConfig(BaseModel):
     network: NetworkConfig = Field(
         default_factory=NetworkConfig,
         description="Outgoing connections and DNS: through the target or from this machine.",
+    )
+    incoming: IncomingConfig = Field(
+        default_factory=IncomingConfig,
+        description="Traffic to the target's ports: mirrored or stolen to your local app.",
     )

@@ -82,6 +82,10 @@ class AgentFailedError(AgentError):
     """The agent pod failed, or its Job did."""
 
 
+class AgentVersionError(AgentError):
+    """The shared agent of the target runs another tether version."""
+
+
 class AgentTimeoutError(AgentError):
     """The agent did not become ready in time."""
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -9,12 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tether import __version__
 from tether.config.models import AgentConfig
 from tether.kube.client import KubeClient
 from tether.kube.errors import (
     AgentFailedError,
     AgentImageError,
     AgentTimeoutError,
+    AgentVersionError,
+    AlreadyExistsError,
     KubeError,
     NamespaceNotFoundError,
     NotFoundError,
@@ -27,6 +31,11 @@ DEFAULT_COMMAND = ("python3", "-m", "tether.agent")
 CONTAINER = "agent"
 SESSION_LABEL = "tether.dev/session"
 TARGET_POD_LABEL = "tether.dev/target-pod"
+# A hash of the target pod's UID and container: the shared agent's identity.
+TARGET_LABEL = "tether.dev/target"
+VERSION_LABEL = "tether.dev/version"
+JOIN_ATTEMPTS = 6
+GONE_TIMEOUT = 30.0
 CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN")
 READY_LINE = re.compile(r"^tether-agent ready port=(\d+) version=(\S+)$", re.MULTILINE)
 IMAGE_ERRORS = frozenset(
@@ -73,6 +82,21 @@ def job_name(session_id: str) -> str:
     return f"tether-agent-{session_id}"
 
 
+def target_key(target: ResolvedTarget) -> str:
+    """A short stable key for one container of one pod (pod UIDs are never reused)."""
+    digest = hashlib.sha256(f"{target.pod_uid}/{target.container_name}".encode()).hexdigest()
+    return digest[:16]
+
+
+def shared_job_name(target: ResolvedTarget) -> str:
+    """The name of the one agent Job every session on `target` shares.
+
+    A fixed name makes the API server the lock: of two sessions starting at once, one
+    creates the Job and the other gets AlreadyExists and joins it.
+    """
+    return f"tether-agent-{target_key(target)}"
+
+
 def _label_value(text: str) -> str:
     # Label values are at most 63 characters and must end alphanumeric; pod names can be longer.
     return text[:63].rstrip("-._")
@@ -86,8 +110,12 @@ def agent_job_manifest(
     target: ResolvedTarget | None,
     namespace: str | None = None,
     command: Sequence[str] | None = None,
+    shared: bool = False,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs the agent for one session.
+
+    With `shared` (and a target) the Job is named after the target instead of the session,
+    so that every session on that target uses the same agent (see `acquire_agent`).
 
     With a `target` the agent runs on the target's node with hostPID and the capabilities it
     needs to enter the target container (`--container-id`); without (targetless) it is a plain
@@ -104,6 +132,11 @@ def agent_job_manifest(
     }
     if target is not None:
         labels[TARGET_POD_LABEL] = _label_value(target.pod_name)
+    name = job_name(session_id)
+    if shared and target is not None:
+        labels[TARGET_LABEL] = target_key(target)
+        labels[VERSION_LABEL] = _label_value(__version__)
+        name = shared_job_name(target)
     args = ["--port", str(agent.port), "--idle-timeout", format(agent.idle_timeout, "g")]
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -130,7 +163,7 @@ def agent_job_manifest(
         container["securityContext"] = security
         pod_spec["nodeName"] = target.node_name
         pod_spec["hostPID"] = True
-    metadata: dict[str, Any] = {"name": job_name(session_id), "namespace": ns, "labels": labels}
+    metadata: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels}
     pod_metadata: dict[str, Any] = {"labels": dict(labels)}
     if agent.annotations:
         metadata["annotations"] = dict(agent.annotations)
@@ -266,7 +299,10 @@ def _newest(pods: list[PodView]) -> PodView:
 
 async def _agent_pod(kc: KubeClient, handle: AgentHandle) -> PodView | None:
     pods = await kc.call(
-        kc.core.list_namespaced_pod(handle.namespace, label_selector=f"job-name={handle.job_name}"),
+        # controller-uid, not job-name: a shared Job's name outlives one incarnation of it.
+        kc.core.list_namespaced_pod(
+            handle.namespace, label_selector=f"controller-uid={handle.uid}"
+        ),
         Operation("list", "pods", handle.namespace),
     )
     views = [pod_view(p) for p in pods.items]
@@ -395,3 +431,96 @@ async def delete_session_jobs(kc: KubeClient, namespace: str, session_id: str) -
     for name in names:
         await _shielded(kc, namespace, name)
     return names
+
+
+@dataclass(frozen=True)
+class AcquiredAgent:
+    """An agent Job this session created or joined, and the secret its agent requires."""
+
+    handle: AgentHandle
+    secret: str
+    created: bool
+
+
+def _job_secret(job: Any) -> str | None:
+    for container in job.spec.template.spec.containers or []:
+        for var in container.env or []:
+            if var.name == "TETHER_SECRET" and var.value:
+                return str(var.value)
+    return None
+
+
+def _job_finished(job: Any) -> bool:
+    if job.metadata.deletion_timestamp is not None:
+        return True
+    conditions = (job.status.conditions if job.status else None) or []
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
+
+
+async def _wait_gone(kc: KubeClient, namespace: str, name: str, uid: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GONE_TIMEOUT
+    op = Operation("get", "jobs.batch", namespace, name)
+    while loop.time() < deadline:
+        try:
+            job = await kc.call(kc.batch.read_namespaced_job(name, namespace), op)
+        except NotFoundError:
+            return
+        if str(job.metadata.uid) != uid:
+            return
+        await asyncio.sleep(0.2)
+    raise AgentFailedError(
+        f'the finished agent Job "{name}" was not removed within {GONE_TIMEOUT:g}s'
+        f" (kubectl -n {namespace} delete job {name})"
+    )
+
+
+async def acquire_agent(kc: KubeClient, manifest: dict[str, Any], secret: str) -> AcquiredAgent:
+    """Create the shared agent Job of `manifest`, or join the one already running.
+
+    A Job that finished (its agent exited after its last session) or is being deleted is
+    removed and created anew. A running Job of another tether version raises
+    AgentVersionError: the agent protocol is only promised to match within one version.
+    """
+    meta = manifest["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    op = Operation("get", "jobs.batch", namespace, name)
+    for _ in range(JOIN_ATTEMPTS):
+        try:
+            return AcquiredAgent(await start_agent_job(kc, manifest), secret, True)
+        except AlreadyExistsError:
+            pass
+        try:
+            job = await kc.call(kc.batch.read_namespaced_job(name, namespace), op)
+        except NotFoundError:
+            continue  # deleted between our create and read: create again
+        uid = str(job.metadata.uid)
+        if _job_finished(job):
+            await _delete_job(kc, namespace, name)
+            await _wait_gone(kc, namespace, name, uid)
+            continue
+        labels = job.metadata.labels or {}
+        version = labels.get(VERSION_LABEL)
+        if version != meta["labels"].get(VERSION_LABEL):
+            raise AgentVersionError(
+                f'the agent Job "{name}" for this target runs tether {version or "unknown"},'
+                f" this is tether {__version__} (use the same version, or wait until its"
+                " sessions end)"
+            )
+        existing = _job_secret(job)
+        if existing is None:
+            raise AgentFailedError(f'the agent Job "{name}" carries no session secret')
+        handle = AgentHandle(namespace, name, str(labels.get(SESSION_LABEL, "")), uid)
+        return AcquiredAgent(handle, existing, False)
+    raise AgentFailedError(
+        f'could not start or join the agent Job "{name}" (it kept being replaced; try again)'
+    )
+
+
+async def agent_running(kc: KubeClient, handle: AgentHandle) -> bool:
+    """Whether the Job's agent pod still runs (False once it exited, or the Job is gone)."""
+    try:
+        pod = await _agent_pod(kc, handle)
+    except NotFoundError:
+        return False
+    return pod is not None and pod.phase in ("Pending", "Running")

@@ -19,6 +19,7 @@ from tether.intercept.launcher import forward_signals, spawn, wait_status_to_exi
 from tether.intercept.seccomp import Syscall, require_kernel
 from tether.local.dns_proxy import DnsProxy
 from tether.local.environment import compose_env
+from tether.local.incoming import IncomingClient
 from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
@@ -145,6 +146,10 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             pod_ip=session.target.pod_ip if session.target else None,
         )
         supervisor.on_fatal = lambda: _kill_tree(launch.pid)
+        incoming: IncomingClient | None = None
+        if config.incoming.mode != "off":
+            incoming = IncomingClient(tunnel, config.incoming, progress, session.who)
+            supervisor.on_listen = incoming.subscribe_soon
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)
         progress.detail(f"started {argv[0]} (pid {launch.pid})")
@@ -156,6 +161,8 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         finally:
             uninstall()
             supervisor.detach(loop)
+            if incoming is not None:
+                await incoming.close()
             launch.listener.close()
             await supervisor.flush_writes()
             supervisor.cleanup()

@@ -3,15 +3,23 @@ over a single API-server port-forward. Cleanup (the Job) happens on every exit p
 
 import asyncio
 import contextlib
+import getpass
+import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tether import __version__
 from tether.config import TetherConfig
 from tether.kube.client import KubeClient, connect
+from tether.kube.errors import KubeError
 from tether.kube.job import (
+    AcquiredAgent,
     AgentHandle,
+    acquire_agent,
     agent_job_manifest,
+    agent_running,
     delete_agent_job,
     new_secret,
     new_session_id,
@@ -22,10 +30,15 @@ from tether.kube.portforward import open_portforward
 from tether.kube.targets import ResolvedTarget, ensure_namespace, parse_target, resolve_target
 from tether.local.progress import Progress
 from tether.protocol import Connection, Role
-from tether.tunnel import Tunnel, TunnelClosedError
+from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 HANDSHAKE_TIMEOUT = 15.0
 KEEPALIVE_INTERVAL = 15.0
+LEAVE_TIMEOUT = 5.0
+# Joining a shared agent can meet it just as its last session leaves: start over this often.
+CONNECT_ATTEMPTS = 3
+
+log = logging.getLogger("tether.session")
 
 
 class SessionError(Exception):
@@ -42,6 +55,18 @@ class Session:
     agent: AgentHandle
     agent_pod: str
     tunnel: Tunnel
+    session_id: str
+    who: str
+    """Who runs this session, for messages other sessions see (user@host pid N)."""
+
+
+def describe_user() -> str:
+    """user@host (pid N): how other developers' sessions name this one."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
 async def _keepalive(tunnel: Tunnel, progress: Progress) -> None:
@@ -57,9 +82,47 @@ async def _keepalive(tunnel: Tunnel, progress: Progress) -> None:
         progress.detail(f"keepalive rtt {rtt * 1000:.1f} ms")
 
 
+async def _connect_agent(
+    kube: KubeClient, handle: AgentHandle, secret: str, config: TetherConfig, progress: Progress
+) -> tuple[str, Tunnel]:
+    pod = await wait_agent_ready(
+        kube, handle, config.agent.startup_timeout, on_phase=progress.detail
+    )
+    progress.step(f"agent {pod} ready")
+    forward = await open_portforward(kube, handle.namespace, pod, config.agent.port)
+    conn = Connection(Role.CLIENT, secret=bytes.fromhex(secret), version=__version__)
+    tunnel = Tunnel(conn, forward)
+    try:
+        await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
+    except TunnelClosedError:
+        await forward.close()
+        raise
+    return pod, tunnel
+
+
+async def _leave(kube: KubeClient, acquired: AcquiredAgent, tunnel: Tunnel | None) -> bool:
+    """Say goodbye to a shared agent; True if we were its last session (so its Job goes)."""
+    if tunnel is not None and not tunnel.closed:
+        try:
+            answer = await tunnel.request("session.leave", {}, timeout=LEAVE_TIMEOUT)
+            return bool(answer.get("last", True)) if isinstance(answer, dict) else True
+        except (TimeoutError, TunnelClosedError, RemoteOpError):
+            pass
+    # Without an answer, remove the Job only if its agent is gone anyway: another
+    # developer's sessions may still use a running one (it exits by itself when idle).
+    try:
+        return not await agent_running(kube, acquired.handle)
+    except KubeError:
+        return False
+
+
 @contextlib.asynccontextmanager
 async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterator[Session]:
-    """Start everything a command needs; tear all of it down when the block exits."""
+    """Start everything a command needs; tear all of it down when the block exits.
+
+    A session on a target shares that target's agent with every other session on it (it
+    creates the agent Job or joins it); a targetless session has an agent of its own.
+    """
     kube = await connect(config.kubeconfig, config.context)
     try:
         spec = parse_target(config.target or "targetless")
@@ -67,37 +130,57 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
         await ensure_namespace(kube, namespace)
         target = None if spec.targetless else await resolve_target(kube, spec, namespace)
         progress.step(f"target: {target.describe() if target else 'targetless'}")
-        session_id, secret = new_session_id(), new_secret()
-        manifest = agent_job_manifest(
-            session_id=session_id,
-            secret=secret,
-            agent=config.agent,
-            target=target,
-            namespace=namespace,
-        )
-        handle = await start_agent_job(kube, manifest)
-        progress.detail(f"created job {handle.namespace}/{handle.job_name}")
-        try:
-            pod = await wait_agent_ready(
-                kube, handle, config.agent.startup_timeout, on_phase=progress.detail
+        session_id = new_session_id()
+        for attempt in range(CONNECT_ATTEMPTS):
+            manifest = agent_job_manifest(
+                session_id=session_id,
+                secret=new_secret(),
+                agent=config.agent,
+                target=target,
+                namespace=namespace,
+                shared=target is not None,
             )
-            progress.step(f"agent {pod} ready")
-            forward = await open_portforward(kube, handle.namespace, pod, config.agent.port)
-            conn = Connection(Role.CLIENT, secret=bytes.fromhex(secret), version=__version__)
-            tunnel = Tunnel(conn, forward)
+            secret = manifest["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
+            if target is None:
+                acquired = AcquiredAgent(await start_agent_job(kube, manifest), secret, True)
+            else:
+                acquired = await acquire_agent(kube, manifest, secret)
+            handle = acquired.handle
+            verb = "created" if acquired.created else "joined"
+            progress.detail(f"{verb} job {handle.namespace}/{handle.job_name}")
+            tunnel: Tunnel | None = None
             try:
-                await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
-            except TunnelClosedError as exc:
-                await forward.close()
-                raise SessionError(f"agent refused the session: {exc}") from None
-            keepalive = asyncio.create_task(_keepalive(tunnel, progress))
-            try:
-                yield Session(kube, namespace, target, handle, pod, tunnel)
+                try:
+                    pod, tunnel = await _connect_agent(
+                        kube, handle, acquired.secret, config, progress
+                    )
+                except TunnelClosedError as exc:
+                    if acquired.created or attempt == CONNECT_ATTEMPTS - 1:
+                        raise SessionError(f"agent refused the session: {exc}") from None
+                    progress.detail(f"the shared agent is leaving ({exc}); starting over")
+                    continue
+                keepalive = asyncio.create_task(_keepalive(tunnel, progress))
+                try:
+                    yield Session(
+                        kube, namespace, target, handle, pod, tunnel, session_id, describe_user()
+                    )
+                finally:
+                    keepalive.cancel()
             finally:
-                keepalive.cancel()
-                await tunnel.close("session ended")
-        finally:
-            await delete_agent_job(kube, handle)
-            progress.detail(f"deleted job {handle.namespace}/{handle.job_name}")
+                last = (
+                    target is None
+                    or (tunnel is None and acquired.created)
+                    or await _leave(kube, acquired, tunnel)
+                )
+                if tunnel is not None:
+                    await tunnel.close("session ended")
+                if last:
+                    await delete_agent_job(kube, handle)
+                    progress.detail(f"deleted job {handle.namespace}/{handle.job_name}")
+                else:
+                    progress.detail(
+                        f"left the shared agent {handle.job_name} to its other sessions"
+                    )
+            return
     finally:
         await kube.close()

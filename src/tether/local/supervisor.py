@@ -137,6 +137,8 @@ class Supervisor:
         self.nameservers = nameservers
         self.remote = RemoteFiles(tunnel)
         self.listening: set[int] = set()
+        # Called on the event loop with each TCP port the process starts listening on.
+        self.on_listen: Callable[[int], None] | None = None
         self.peers: dict[int, tuple[int, str, int]] = {}  # socket inode -> original peer
         self.failure: BaseException | None = None
         # Files open for writing on the pod: (tgid, fd in the process) -> path, and every such
@@ -656,8 +658,11 @@ class Supervisor:
             with socket.socket(fileno=dup_from(notif.pid, _i32(notif.args[0]))) as sock:
                 name = sock.getsockname()
             if isinstance(name, tuple) and len(name) >= 2:
-                self.listening.add(int(name[1]))
-                self.progress.detail(f"the process listens on port {name[1]}")
+                port = int(name[1])
+                self.listening.add(port)
+                self.progress.detail(f"the process listens on port {port}")
+                if port and self.on_listen is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self.on_listen, port)
         finally:
             self.listener.respond_continue(notif.id)
 

@@ -75,6 +75,10 @@ class Tunnel:
         self._done = asyncio.Event()
         self.last_received = time.monotonic()
 
+    def set_stream_handler(self, handler: StreamHandler | None) -> None:
+        """Serve streams the peer opens with `handler` from now on (None: refuse them)."""
+        self._on_stream = handler
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, timeout: float = 10.0) -> Handshaken:

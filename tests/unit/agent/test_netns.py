@@ -180,7 +180,7 @@ async def test_a_cancelled_connect_does_not_leak_its_socket(
 ) -> None:
     made: list[socket.socket] = []
 
-    def slow_connect(host_ip: str, port: int, timeout: float) -> socket.socket:
+    def slow_connect(host_ip: str, port: int, timeout: float, mark: int | None) -> socket.socket:
         time.sleep(0.2)  # still connecting when the caller gives up
         made.append(socket.socket())
         return made[-1]

@@ -233,6 +233,7 @@ def test_schema_has_descriptions() -> None:
         "env",
         "fs",
         "network",
+        "incoming",
     }
     for name in props:
         assert props[name].get("description"), name
@@ -244,6 +245,8 @@ def test_schema_has_descriptions() -> None:
         "NetworkConfig",
         "OutgoingConfig",
         "DnsConfig",
+        "IncomingConfig",
+        "HttpFilterConfig",
     }
     for model in defs:
         assert defs[model].get("description"), model

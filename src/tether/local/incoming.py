@@ -1,0 +1,174 @@
+"""Incoming traffic on this side: asking the agent to mirror or steal a target port, and
+delivering what it sends (one tunnel stream per connection) to the local app's port."""
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tether.config.models import IncomingConfig
+from tether.local.progress import Progress
+from tether.tunnel import RemoteOpError, Tunnel, TunnelStream
+
+Mode = Literal["mirror", "steal"]
+CONNECT_TIMEOUT = 5.0
+_LOOPBACKS = (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6))
+
+
+class IncomingError(Exception):
+    """The agent refused a subscription; the message is one line for the user."""
+
+
+class PortSpecError(ValueError):
+    """A malformed REMOTE[:LOCAL] port specification."""
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A remote port of the target and the local port its traffic is delivered to."""
+
+    remote: int
+    local: int
+
+
+def parse_port_spec(text: str) -> PortSpec:
+    """Parse "REMOTE" or "REMOTE:LOCAL" (as `-R` and `--port-map` take them)."""
+    parts = text.strip().split(":")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or not all(0 < n < 65536 for n in numbers):
+        raise PortSpecError(f"bad port {text!r}: expected REMOTE_PORT[:LOCAL_PORT], 1-65535")
+    return PortSpec(numbers[0], numbers[-1])
+
+
+def _filter_wire(config: IncomingConfig) -> dict[str, Any] | None:
+    if config.mode != "steal" or config.http_filter is None:
+        return None
+    return {**config.http_filter.to_wire(), "steal_probes": config.steal_probes}
+
+
+class IncomingClient:
+    """Subscriptions of one session, and delivery of their connections to local ports."""
+
+    def __init__(
+        self, tunnel: Tunnel, config: IncomingConfig, progress: Progress, who: str
+    ) -> None:
+        self.tunnel = tunnel
+        self.config = config
+        self.progress = progress
+        self.who = who
+        self.ports: dict[int, int] = {}
+        """Subscribed remote port -> local port."""
+        self.delivered: Counter[int] = Counter()
+        self.failed: Counter[int] = Counter()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        tunnel.set_stream_handler(self._on_stream)
+
+    async def subscribe(
+        self, remote: int, local: int | None = None, mode: Mode | None = None
+    ) -> None:
+        """Ask the agent for `remote`'s traffic, delivered to `local` (default: the config's
+        port map). Raises IncomingError when the agent refuses (e.g. another session holds
+        the port)."""
+        chosen: Mode = mode or ("steal" if self.config.mode == "steal" else "mirror")
+        target_port = local if local is not None else self.config.local_port(remote)
+        self.ports[remote] = target_port
+        args: dict[str, Any] = {
+            "port": remote,
+            "mode": chosen,
+            "filter": _filter_wire(self.config) if chosen == "steal" else None,
+            "steal_probes": self.config.steal_probes,
+            "override": self.config.override,
+            "reset": self.config.reset_connections,
+            "who": self.who,
+        }
+        try:
+            answer = await self.tunnel.request("incoming.subscribe", args)
+        except RemoteOpError as exc:
+            del self.ports[remote]
+            raise IncomingError(f"cannot {chosen} port {remote}: {exc}") from None
+        for warning in answer.get("warnings", []) if isinstance(answer, dict) else []:
+            self.progress.warn(str(warning))
+        what: str = chosen
+        if chosen == "steal" and self.config.http_filter is not None:
+            what = "steal requests matching the filter on"
+        self.progress.step(f"incoming: {what} port {remote} -> localhost:{target_port}")
+
+    def subscribe_soon(self, local: int) -> None:
+        """The local app listens on `local`: subscribe the remote port that maps to it, if
+        the config wants it (called from the interceptor, so it must not block)."""
+        if self.config.mode == "off":
+            return
+        remote = self.config.remote_port(local)
+        if remote is None or remote in self.ports:
+            return
+        self.ports[remote] = local  # claimed now: a second listen() must not subscribe again
+
+        async def go() -> None:
+            try:
+                await self.subscribe(remote, local)
+            except IncomingError as exc:
+                self.progress.warn(f"{exc}; the app gets no incoming traffic on it")
+            except (RemoteOpError, ConnectionError, TimeoutError) as exc:
+                self.progress.warn(f"incoming traffic on port {remote} failed: {exc}")
+
+        task = asyncio.ensure_future(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop delivering (the agent drops the subscriptions when the session leaves)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _on_stream(self, stream: TunnelStream) -> None:
+        if stream.kind != "incoming":
+            stream.reset("EOPNOTSUPP", f"unsupported stream kind {stream.kind!r}", 95)
+            return
+        remote = stream.params.get("port")
+        local = self.ports.get(remote) if isinstance(remote, int) else None
+        if local is None or not isinstance(remote, int):
+            stream.reset("ECONNREFUSED", f"port {remote} is not subscribed here", 111)
+            return
+        try:
+            reader, writer = await _connect_local(local)
+        except OSError as exc:
+            if not self.failed[local]:
+                self.progress.warn(
+                    f"incoming connection for port {remote}: nothing accepts on"
+                    f" localhost:{local} ({exc.strerror or exc})"
+                )
+            self.failed[local] += 1
+            stream.reset("ECONNREFUSED", f"nothing listens on local port {local}", 111)
+            return
+        self.delivered[remote] += 1
+        stream.accept({})
+        await stream.relay(reader, writer)
+
+
+async def _connect_local(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    error: OSError | None = None
+    for host, _family in _LOOPBACKS:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), CONNECT_TIMEOUT
+            )
+        except TimeoutError:
+            error = OSError(110, "timed out")
+            continue
+        except OSError as exc:
+            error = exc
+            continue
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+    assert error is not None
+    raise error
