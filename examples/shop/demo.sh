@@ -17,8 +17,10 @@ kubectl -n shop run shop-client --rm -i --restart=Never --quiet \
 
 echo
 echo "# Now the frontend runs on this machine under tether exec, in the frontend pod's context:"
-echo "#   PORT=18081 tether exec --target deployment/frontend -n shop -- python3 examples/shop/app/shop.py frontend"
+echo "#   PORT=18081 tether exec --target deployment/frontend -n shop \\"
+echo "#       --http-header-filter '^x-dev: demo\$' --port-map 8080:18081 -- python3 app/shop.py frontend"
 PORT=18081 tether exec -q --target deployment/frontend -n shop \
+    --http-header-filter '^x-dev: demo$' --port-map 8080:18081 \
     --agent-image docker.io/tether/agent:dev -- python3 app/shop.py frontend >/tmp/tether-demo.log 2>&1 &
 demo_pid=$!
 trap 'status=$?; kill -TERM $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true; exit $status' EXIT
@@ -29,3 +31,13 @@ done
 echo "# It reads the pod's env (SHOP_MODE) and /etc/shop/config.yaml, and reaches http://backend"
 echo "# by its short name through the pod's network:"
 curl -s localhost:18081/
+
+echo
+echo "# And it takes the pod's requests that carry X-Dev: demo (the others still reach the pod)."
+echo "# A client pod asks http://frontend/from-a-pod with that header:"
+kubectl -n shop delete pod shop-client --ignore-not-found --wait=true >/dev/null
+kubectl -n shop run shop-client --rm -i --restart=Never --quiet \
+    --image=docker.io/tether-devcluster/busybox:1 --image-pull-policy=Never \
+    -- wget -qO- --header 'X-Dev: demo' http://frontend/from-a-pod
+echo "# ...and the local frontend's log shows it served that request:"
+grep from-a-pod /tmp/tether-demo.log

@@ -471,3 +471,26 @@ def test_header_filter_routes_grpc_calls_over_h2c(greeter: str) -> None:
                 assert answer == expected, (i, answer)
     finally:
         server.stop(0)
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "no-reset"])
+def test_a_steal_resets_keep_alive_connections_opened_before_it(reset: bool) -> None:
+    pod = frontend_pod()
+    flags = [] if reset else ["--no-reset-connections"]
+    old = http.client.HTTPConnection(frontend_ip(), 80, timeout=10)
+    try:
+        assert request(old, "/before")["pod"] == pod
+        with (
+            LocalApp("thief") as app,
+            running("port-forward", *FRONTEND, "-R", f"8080:{app.port}", "--steal", *flags),
+        ):
+            if reset:
+                # Reset when the steal started: the client learns it on its next request and
+                # reconnects, through the redirect this time.
+                with pytest.raises((ConnectionError, http.client.HTTPException)):
+                    request(old, "/old")
+            else:
+                assert request(old, "/old")["pod"] == pod
+            assert fresh_get("/new") == {"service": "local", "name": "thief"}
+    finally:
+        old.close()

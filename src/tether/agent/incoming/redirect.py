@@ -251,13 +251,14 @@ def _removal_lines(rs: _Ruleset, keep: tuple[str, ...] = ()) -> list[str]:
 def _chain_rules(comment: str, ports: dict[int, int]) -> list[str]:
     cm = f'-m comment --comment "{comment}"'
     lines = [f"-A {OUTPUT_CHAIN} -m mark --mark {BYPASS_MARK:#x} {cm} -j RETURN"]
+    # Only SYNs: a pod netns usually tracks no connections until our nat table appears, so
+    # conntrack then picks up the app's open connections mid-stream as "new" ones and, without
+    # --syn, would redirect their next packet to our listener, which resets them. With it,
+    # they keep going to the app (resetting them stays a choice: reset_connections).
     for port, to_port in sorted(ports.items()):
-        lines.append(
-            f"-A {PREROUTING_CHAIN} -p tcp --dport {port} {cm} -j REDIRECT --to-ports {to_port}"
-        )
-        lines.append(
-            f"-A {OUTPUT_CHAIN} -o lo -p tcp --dport {port} {cm} -j REDIRECT --to-ports {to_port}"
-        )
+        match = f"-p tcp --syn --dport {port} {cm}"
+        lines.append(f"-A {PREROUTING_CHAIN} {match} -j REDIRECT --to-ports {to_port}")
+        lines.append(f"-A {OUTPUT_CHAIN} -o lo {match} -j REDIRECT --to-ports {to_port}")
     return lines
 
 
