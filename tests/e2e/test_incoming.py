@@ -121,7 +121,7 @@ class Tether:
         raise AssertionError(f"no {needle!r} from tether within {within} s:\n{self.stderr}")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
-        """Signal the process (group, for SIGKILL) and reap it."""
+        """Signal the process (group, for SIGKILL) and reap it; fail if it does not end."""
         if self.proc.poll() is None:
             if sig == signal.SIGKILL:
                 os.killpg(self.proc.pid, sig)
@@ -131,22 +131,30 @@ class Tether:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait()
+            self.proc.wait()
+            self._reader.join(5)
+            raise AssertionError(f"tether did not end within {timeout} s:\n{self.stderr}") from None
         self._reader.join(5)
         return code
 
 
 @contextmanager
 def running(*args: str, ready: str = "incoming:", cwd: str | None = None) -> Iterator[Tether]:
-    """A background tether that reached `ready`; stopped (SIGINT) and reaped at the end."""
-    t = Tether(*args, cwd=cwd)
+    """A background tether that reached `ready`; stopped (SIGTERM) and reaped at the end."""
+    t = Tether(args[0], "-v", *args[1:], cwd=cwd)
     try:
         t.wait_for(ready)
         yield t
+    except BaseException as exc:
+        # The session's own account of what happened is what a failure needs most.
+        exc.add_note(f"tether's output:\n{t.stderr}")
+        raise
     finally:
-        with_group = t.proc.poll() is None
-        t.stop()
-        if with_group:
+        try:
+            # SIGTERM, not SIGINT: a CI runner may start us with SIGINT ignored, and exec's
+            # program would inherit that and never end.
+            t.stop(signal.SIGTERM)
+        finally:
             # Whatever the session started locally (exec's app) goes with it.
             with suppress(ProcessLookupError):
                 os.killpg(t.proc.pid, signal.SIGKILL)

@@ -113,6 +113,10 @@ class Agent:
         except TunnelClosedError as exc:
             log.warning("dropped a connection: %s", exc)
             return
+        if self._exiting:
+            # The last session said goodbye while this one shook hands: its agent is going.
+            await tunnel.close("agent exiting")
+            return
         self.sessions.add(tunnel)
         log.info("session connected (tether %s); %d active", conn.peer_version, len(self.sessions))
         try:

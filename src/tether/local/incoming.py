@@ -66,6 +66,7 @@ class IncomingClient:
         self.delivered: Counter[int] = Counter()
         self.failed: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._granted: set[int] = set()
         tunnel.set_stream_handler(self._on_stream)
 
     async def subscribe(
@@ -76,6 +77,7 @@ class IncomingClient:
         the port)."""
         chosen: Mode = mode or ("steal" if self.config.mode == "steal" else "mirror")
         target_port = local if local is not None else self.config.local_port(remote)
+        previous = self.ports.get(remote)
         self.ports[remote] = target_port
         args: dict[str, Any] = {
             "port": remote,
@@ -89,8 +91,13 @@ class IncomingClient:
         try:
             answer = await self.tunnel.request("incoming.subscribe", args)
         except RemoteOpError as exc:
-            del self.ports[remote]
+            # A refused change leaves an earlier subscription of the port (still honoured).
+            if remote in self._granted and previous is not None:
+                self.ports[remote] = previous
+            else:
+                self.ports.pop(remote, None)
             raise IncomingError(f"cannot {chosen} port {remote}: {exc}") from None
+        self._granted.add(remote)
         for warning in answer.get("warnings", []) if isinstance(answer, dict) else []:
             self.progress.warn(str(warning))
         what: str = chosen

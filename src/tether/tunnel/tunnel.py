@@ -92,7 +92,7 @@ class Tunnel:
             return await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
         except TimeoutError:
             await self.close("handshake timeout")
-            raise TunnelClosedError("no handshake within {timeout:.0f} s") from None
+            raise TunnelClosedError(f"no handshake within {timeout:.0f} s") from None
 
     async def wait_closed(self) -> BaseException | None:
         """Wait until the tunnel ends; return why (None for a clean close)."""
@@ -149,6 +149,9 @@ class Tunnel:
                 data = await self.transport.read()
                 if not data:
                     self._finish(TunnelClosedError("the other side closed the tunnel"))
+                    # asyncio keeps a socket open after the peer's EOF: without this, every
+                    # session that hangs up would leave the agent a half-closed connection.
+                    await self.transport.close()
                     return
                 self.last_received = time.monotonic()
                 for event in self.conn.receive_data(data):
@@ -162,6 +165,7 @@ class Tunnel:
             await self.transport.close()
         except (OSError, ConnectionError) as exc:
             self._finish(exc)
+            await self.transport.close()
 
     async def _write_loop(self) -> None:
         try:

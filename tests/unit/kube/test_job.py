@@ -149,3 +149,26 @@ def test_ids_are_hex() -> None:
     assert len(secret) >= 32
     assert new_session_id() != sid
     assert job_name(sid) == f"tether-agent-{sid}"
+
+
+def test_shared_manifest_is_named_after_the_target_container() -> None:
+    from dataclasses import replace
+
+    from tether import __version__
+    from tether.kube.job import shared_job_name, target_key
+
+    a = agent_job_manifest(
+        session_id="s1", secret="x", agent=AgentConfig(), target=TARGET, shared=True
+    )
+    b = agent_job_manifest(
+        session_id="s2", secret="y", agent=AgentConfig(), target=TARGET, shared=True
+    )
+    # Every session on the target asks for the same Job: the API server lets one create it.
+    assert a["metadata"]["name"] == b["metadata"]["name"] == shared_job_name(TARGET)
+    assert a["metadata"]["labels"]["tether.dev/target"] == target_key(TARGET)
+    assert a["metadata"]["labels"]["tether.dev/version"] == __version__
+    assert a["metadata"]["labels"]["tether.dev/session"] == "s1"
+    # Another pod (same name, new UID: a restart) or another container gets its own agent.
+    assert shared_job_name(replace(TARGET, pod_uid="uid-2")) != shared_job_name(TARGET)
+    assert shared_job_name(replace(TARGET, container_name="sidecar")) != shared_job_name(TARGET)
+    assert len(shared_job_name(TARGET)) <= 63

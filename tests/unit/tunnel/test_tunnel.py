@@ -119,3 +119,17 @@ async def test_refused_stream_raises_and_close_fails_pending() -> None:
         with pytest.raises(TunnelClosedError):
             await client.request("x", {})
         server.close()
+
+
+async def test_peer_hanging_up_closes_our_transport() -> None:
+    # asyncio keeps a socket open after the peer's EOF: the tunnel must close it itself, or an
+    # agent would keep one half-closed connection per session that ever left.
+    client, agent, server = await _pair()
+    try:
+        await client.close()
+        assert isinstance(await asyncio.wait_for(agent.wait_closed(), 5), TunnelClosedError)
+        assert isinstance(agent.transport, StreamTransport)
+        assert agent.transport._writer.is_closing()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -112,6 +112,7 @@ class MirrorCopy:
         self._eof = False
         self._dropped = False
         self._wake = asyncio.Event()
+        self._stream: TunnelStream | None = None
         self._task = asyncio.ensure_future(self._run(params))
 
     def feed(self, data: bytes) -> None:
@@ -120,9 +121,7 @@ class MirrorCopy:
             return
         if self._queued + len(data) > MIRROR_QUEUE_LIMIT:
             log.info("mirror copy to %s fell behind: dropped", self.sub.session.who)
-            self._dropped = True
-            self._chunks.clear()
-            self._wake.set()
+            self.cancel()
             return
         self._chunks.append(data)
         self._queued += len(data)
@@ -136,7 +135,13 @@ class MirrorCopy:
     def cancel(self) -> None:
         """Stop copying at once."""
         self._dropped = True
+        self._chunks.clear()
         self._wake.set()
+        # `_run` may be stuck in a write waiting for credit that a stuck local app never gives
+        # back: resetting the stream here ends that wait too, so the stream and the data held
+        # for it go now, not when the session leaves.
+        if self._stream is not None:
+            self._stream.reset("ECONNRESET", "mirror copy dropped", 104)
 
     async def _run(self, params: dict[str, Any]) -> None:
         stream: TunnelStream | None = None
@@ -144,6 +149,7 @@ class MirrorCopy:
             stream = await asyncio.wait_for(
                 self.sub.session.tunnel.open_stream("incoming", params), OPEN_TIMEOUT
             )
+            self._stream = stream
             drain = asyncio.ensure_future(_discard(stream))
             try:
                 while True:
@@ -170,6 +176,11 @@ class MirrorCopy:
             log.debug("mirror copy to %s ended: %s", self.sub.session.who, exc)
             if stream is not None:
                 stream.reset("ECONNRESET", "mirror copy failed", 104)
+        finally:
+            # Nothing takes from the queue any more (say the local app is down): without this,
+            # each connection would keep up to MIRROR_QUEUE_LIMIT of its bytes for nothing.
+            self._dropped = True
+            self._chunks.clear()
 
 
 async def _discard(stream: TunnelStream) -> None:

@@ -8,6 +8,7 @@ import collections
 import contextlib
 import hashlib
 import re
+import socket
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,7 +135,9 @@ class _Peers:
         self._all_closed.set()
 
     async def _listen(
-        self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+        self,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        sock: socket.socket | None = None,
     ) -> int:
         async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -158,7 +161,10 @@ class _Peers:
                 self._tasks.discard(task)
                 writer.close()
 
-        self._server = await asyncio.start_server(wrapped, LOOPBACK, 0)
+        if sock is None:
+            self._server = await asyncio.start_server(wrapped, LOOPBACK, 0)
+        else:
+            self._server = await asyncio.start_server(wrapped, sock=sock)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
@@ -203,8 +209,10 @@ class H1Server(_Peers):
         self.seen: list[Seen] = []
         self.gate = asyncio.Event()  # /stream waits for it between its two parts
 
-    async def start(self) -> int:
-        return await self._listen(self._serve)
+    async def start(self, sock: socket.socket | None = None) -> int:
+        """Listen on loopback, or on `sock` (a listening socket, e.g. one made in another
+        network namespace)."""
+        return await self._listen(self._serve, sock)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
