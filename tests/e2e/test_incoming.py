@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.cli import AGENT, agent_objects, free_port, tether_env, wait_no_agent_objects
-from tests.e2e.kube import AGENT_IMAGE, get, kubectl, ready_pod
+from tests.e2e.kube import AGENT_IMAGE, PYTHON_IMAGE, get, kubectl, ready_pod
 from tether.agent.target import find_container_pid
 
 FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
@@ -502,3 +502,56 @@ def test_a_steal_resets_keep_alive_connections_opened_before_it(reset: bool) -> 
             assert fresh_get("/new") == {"service": "local", "name": "thief"}
     finally:
         old.close()
+
+
+def test_sessions_on_two_containers_of_one_pod_share_its_agent() -> None:
+    """The containers of a pod share its network namespace, so they share one agent (the
+    owner of the redirect rules); each session still gets its own container's env."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "t-two", "namespace": "shop", "labels": {"app": "t-two"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": name,
+                    "image": PYTHON_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-m", "http.server", port],
+                    "env": [{"name": "WHO", "value": name}],
+                }
+                for name, port in (("left", "8081"), ("right", "8082"))
+            ],
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        kubectl("-n", "shop", "wait", "--for=condition=Ready", "pod/t-two", "--timeout=120s")
+        left = ["--target", "pod/t-two/container/left", "-n", "shop", *AGENT]
+        right = ["--target", "pod/t-two/container/right", "-n", "shop", *AGENT]
+        with LocalApp("left") as app, running("port-forward", *left, "-R", f"8081:{app.port}"):
+            env = subprocess.run(
+                [sys.executable, "-m", "tether", "env", *right, "--include", "WHO"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=tether_env(),
+                check=False,
+            )
+            assert env.returncode == 0, env.stderr
+            assert env.stdout == "WHO=right\n"
+            assert (
+                "joined job"
+                in subprocess.run(
+                    [sys.executable, "-m", "tether", "env", "-v", *right],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env=tether_env(),
+                    check=False,
+                ).stderr
+            )
+            assert agent_objects("shop")[0] == 1
+    finally:
+        kubectl("-n", "shop", "delete", "pod", "t-two", "--wait=false", check=False)

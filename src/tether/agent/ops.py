@@ -14,7 +14,7 @@ from tether.agent.files import RootFS
 from tether.agent.incoming.filters import HttpFilter
 from tether.agent.incoming.manager import IncomingError, IncomingManager, SessionRef
 from tether.agent.resolver import PodResolver, ResolveError
-from tether.agent.target import Target
+from tether.agent.target import Target, TargetNotFound, same_netns
 from tether.protocol import MAX_PAYLOAD, RemoteError
 from tether.tunnel import RemoteOpError
 
@@ -169,6 +169,24 @@ class Operations:
 
     async def op_fs_rename(self, args: dict[str, Any]) -> None:
         self.fs.rename(_str(args, "old"), _str(args, "new"))
+
+    async def op_session_target(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Serve this session from another container of the agent's pod (the agent is shared
+        per pod; its own target is the container of the session that started it)."""
+        container_id = _str(args, "container_id")
+        try:
+            target = Target.find(container_id)
+        except (TargetNotFound, ValueError) as exc:
+            raise RemoteOpError(RemoteError("ENOENT", str(exc), 2)) from None
+        if not same_netns(target, self.target):
+            raise RemoteOpError(
+                RemoteError("EXDEV", f"container {container_id} is not in this agent's pod", 18)
+            )
+        if target != self.target:
+            self.fs.close_all()
+            self.target = target
+            self.fs = RootFS(target.root)
+        return {"pid": target.pid}
 
     async def op_session_leave(self, args: dict[str, Any]) -> dict[str, Any]:
         """The session is about to close; tell it whether it was the agent's last one (then

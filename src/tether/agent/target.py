@@ -41,6 +41,16 @@ class Target:
         return cls(find_container_pid(container_id, proc))
 
 
+def same_netns(a: Target, b: Target) -> bool:
+    """Whether two targets share a network namespace (the containers of one pod do)."""
+    if a.netns_path is None or b.netns_path is None:
+        return a.netns_path == b.netns_path
+    try:
+        return a.netns_path.stat().st_ino == b.netns_path.stat().st_ino
+    except OSError:
+        return False
+
+
 def _bare_id(container_id: str) -> str:
     bare = container_id.rpartition("://")[2]
     if not _ID_RE.fullmatch(bare):

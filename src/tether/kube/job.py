@@ -83,13 +83,17 @@ def job_name(session_id: str) -> str:
 
 
 def target_key(target: ResolvedTarget) -> str:
-    """A short stable key for one container of one pod (pod UIDs are never reused)."""
-    digest = hashlib.sha256(f"{target.pod_uid}/{target.container_name}".encode()).hexdigest()
-    return digest[:16]
+    """A short stable key for the target's pod (pod UIDs are never reused).
+
+    Per pod, not per container: the containers of a pod share one network namespace, and
+    incoming traffic needs one owner of its redirect rules. A session on another container
+    of the pod tells the agent which one (`session.target`).
+    """
+    return hashlib.sha256(target.pod_uid.encode()).hexdigest()[:16]
 
 
 def shared_job_name(target: ResolvedTarget) -> str:
-    """The name of the one agent Job every session on `target` shares.
+    """The name of the one agent Job every session on `target`'s pod shares.
 
     A fixed name makes the API server the lock: of two sessions starting at once, one
     creates the Job and the other gets AlreadyExists and joins it.

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from tether.config.models import IncomingConfig
 from tether.local.progress import Progress
+from tether.protocol import RemoteError
 from tether.tunnel import RemoteOpError, Tunnel, TunnelStream
 
 Mode = Literal["mirror", "steal"]
@@ -68,6 +69,7 @@ class IncomingClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._granted: set[int] = set()
         tunnel.set_stream_handler(self._on_stream)
+        tunnel.set_request_handler(self._on_request)
 
     async def subscribe(
         self, remote: int, local: int | None = None, mode: Mode | None = None
@@ -134,6 +136,19 @@ class IncomingClient:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    async def _on_request(self, op: str, args: dict[str, Any]) -> None:
+        """The agent's notices: `incoming.lost` when another session took a port over."""
+        if op != "incoming.lost":
+            raise RemoteOpError(RemoteError("ENOSYS", f"unknown operation {op!r}", 38))
+        port = args.get("port")
+        if isinstance(port, int):
+            self.ports.pop(port, None)
+            self._granted.discard(port)
+        self.progress.warn(
+            f"port {port} was taken over by {args.get('by', 'another session')} (--override):"
+            " this session no longer receives its traffic"
+        )
 
     async def _on_stream(self, stream: TunnelStream) -> None:
         if stream.kind != "incoming":

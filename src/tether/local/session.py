@@ -159,6 +159,15 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
                         raise SessionError(f"agent refused the session: {exc}") from None
                     progress.detail(f"the shared agent is leaving ({exc}); starting over")
                     continue
+                if target is not None and not acquired.created:
+                    # A shared agent serves the whole pod; it started on its creator's container.
+                    try:
+                        await tunnel.request(
+                            "session.target", {"container_id": target.container_id}
+                        )
+                    except RemoteOpError as exc:
+                        what = f"container {target.container_name}"
+                        raise SessionError(f"the shared agent cannot serve {what}: {exc}") from None
                 keepalive = asyncio.create_task(_keepalive(tunnel, progress))
                 try:
                     yield Session(

@@ -75,6 +75,10 @@ class Tunnel:
         self._done = asyncio.Event()
         self.last_received = time.monotonic()
 
+    def set_request_handler(self, handler: RequestHandler | None) -> None:
+        """Answer the peer's requests with `handler` from now on (None: ENOSYS)."""
+        self._on_request = handler
+
     def set_stream_handler(self, handler: StreamHandler | None) -> None:
         """Serve streams the peer opens with `handler` from now on (None: refuse them)."""
         self._on_stream = handler

@@ -152,3 +152,29 @@ def test_finds_a_real_process_by_its_cgroup(scoped_child: tuple[str, int]) -> No
     assert find_container_pid(f"containerd://{cid}") == pid
     with pytest.raises(TargetNotFound):
         find_container_pid(f"containerd://{secrets.token_hex(32)}")
+
+
+def test_same_netns_compares_namespaces_not_pids() -> None:
+    import os
+    import subprocess
+    import time
+
+    from tether.agent.target import same_netns
+
+    me = Target(os.getpid())
+    child = subprocess.Popen(["sleep", "30"])
+    other = subprocess.Popen(["unshare", "--net", "sleep", "30"])
+    try:
+        assert same_netns(me, Target(child.pid))
+        deadline = 50
+        # unshare execs sleep once the namespace exists: wait for that before comparing.
+        while Path(f"/proc/{other.pid}/comm").read_text().strip() != "sleep" and deadline:
+            deadline -= 1
+            time.sleep(0.02)
+        assert not same_netns(me, Target(other.pid))
+        assert not same_netns(me, Target(None))
+        assert same_netns(Target(None), Target(None))
+    finally:
+        for proc in (child, other):
+            proc.kill()
+            proc.wait()

@@ -151,7 +151,7 @@ def test_ids_are_hex() -> None:
     assert job_name(sid) == f"tether-agent-{sid}"
 
 
-def test_shared_manifest_is_named_after_the_target_container() -> None:
+def test_shared_manifest_is_named_after_the_target_pod() -> None:
     from dataclasses import replace
 
     from tether import __version__
@@ -168,7 +168,8 @@ def test_shared_manifest_is_named_after_the_target_container() -> None:
     assert a["metadata"]["labels"]["tether.dev/target"] == target_key(TARGET)
     assert a["metadata"]["labels"]["tether.dev/version"] == __version__
     assert a["metadata"]["labels"]["tether.dev/session"] == "s1"
-    # Another pod (same name, new UID: a restart) or another container gets its own agent.
+    # Another pod (same name, new UID: a restart) gets its own agent; another container of
+    # the same pod shares it (one network namespace, one owner of its redirect rules).
     assert shared_job_name(replace(TARGET, pod_uid="uid-2")) != shared_job_name(TARGET)
-    assert shared_job_name(replace(TARGET, container_name="sidecar")) != shared_job_name(TARGET)
+    assert shared_job_name(replace(TARGET, container_name="sidecar")) == shared_job_name(TARGET)
     assert len(shared_job_name(TARGET)) <= 63

@@ -21,7 +21,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -306,6 +306,7 @@ class IncomingManager:
                     log.info("port %d: %s overrides %s", port, session.who, lost.describe())
                     warnings.append(f"took port {port} from {lost.describe()}")
                     state.subs.remove(lost)
+                    self._spawn(_tell_lost(lost, session.who))
             state.subs.append(sub)
         log.info("port %d: %s", port, sub.describe())
         if mode == "steal" and reset:
@@ -426,12 +427,15 @@ class IncomingManager:
 
     # -- connections -------------------------------------------------------------------------
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _on_connection(
         self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.ensure_future(self._serve(port, reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._serve(port, reader, writer))
 
     async def _serve(
         self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -570,6 +574,14 @@ class IncomingManager:
         finally:
             for pipe in opened:
                 pipe.forget()
+
+
+async def _tell_lost(lost: Subscription, by: str) -> None:
+    """Let a session know another one took its port (best effort: it may be gone too)."""
+    with contextlib.suppress(RemoteOpError, TunnelClosedError, TimeoutError):
+        await lost.session.tunnel.request(
+            "incoming.lost", {"port": lost.port, "by": by}, timeout=OPEN_TIMEOUT
+        )
 
 
 async def _first_bytes(client: Pipe, timeout: float) -> bytes:

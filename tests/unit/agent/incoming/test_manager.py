@@ -384,12 +384,18 @@ async def test_unfiltered_steal_takes_connections_and_excludes_others(world: Wor
     assert bob.incoming.ports == {}
     assert (await world.ask()).server == "alice"
 
-    # With override, bob takes the port: new connections are his, alice is told nothing
-    # (her open connection keeps going to her: a connection's fate is decided on arrival).
+    # With override, bob takes the port: new connections are his, and alice is told (her
+    # open connection keeps going to her: a connection's fate is decided on arrival).
     await bob.subscribe(world.port, bob_app.port, mode="steal", override=True)
     assert f"warning: took port {world.port} from alice steals (since " in bob.output
     assert (await world.ask()).server == "bob"
     assert (await _request(kept, "/k2")).server == "alice"
+    for _ in range(100):
+        if "taken over by bob" in alice.output:
+            break
+        await asyncio.sleep(0.01)
+    assert f"warning: port {world.port} was taken over by bob (--override)" in alice.output
+    assert world.port not in alice.incoming.ports
     listed = (await alice.tunnel.request("incoming.list", {}))["subscriptions"]
     assert [(s["who"], s["mode"], s["filter"], s["mine"]) for s in listed] == [
         ("bob", "steal", None, False)
