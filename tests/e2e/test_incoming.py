@@ -555,3 +555,42 @@ def test_sessions_on_two_containers_of_one_pod_share_its_agent() -> None:
             assert agent_objects("shop")[0] == 1
     finally:
         kubectl("-n", "shop", "delete", "pod", "t-two", "--wait=false", check=False)
+
+
+def test_a_deleted_target_pod_ends_the_session_with_one_line() -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "t-gone", "namespace": "shop"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "web",
+                    "image": PYTHON_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-m", "http.server", "8080"],
+                }
+            ],
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        kubectl("-n", "shop", "wait", "--for=condition=Ready", "pod/t-gone", "--timeout=120s")
+        with LocalApp("gone") as app:
+            t = Tether(
+                "port-forward", "--target", "pod/t-gone", "-n", "shop", *AGENT,
+                "-R", f"8080:{app.port}", "--steal",
+            )  # fmt: skip
+            try:
+                t.wait_for("incoming:")
+                kubectl("-n", "shop", "delete", "pod", "t-gone", "--wait=false")
+                code = t.proc.wait(30)
+            finally:
+                t.stop(signal.SIGKILL)
+        errors = [line for line in t.lines if line.startswith("tether: error:")]
+        assert code != 0 and len(errors) == 1, t.stderr
+        assert "the target container exited" in errors[0], errors[0]
+        assert "Traceback" not in t.stderr
+    finally:
+        kubectl("-n", "shop", "delete", "pod", "t-gone", "--wait=false", check=False)

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import os
 import signal
 import socket
 import time
@@ -46,6 +47,7 @@ class Agent:
         self._exiting = False
         self._idle_since = time.monotonic()
         self._stop = asyncio.Event()
+        self._why = "agent exiting"
 
     async def serve(
         self, host: str, port: int, on_ready: Callable[[int], None] | None = None
@@ -57,6 +59,7 @@ class Agent:
         if on_ready is None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
+        unwatch = self._watch_target(loop)
         bound = server.sockets[0].getsockname()[1]
         if on_ready is not None:
             on_ready(bound)
@@ -76,12 +79,38 @@ class Agent:
                     log.info("no client for %.0f s: exiting", self.idle_timeout)
                     break
         finally:
+            unwatch()
             server.close()
             for tunnel in list(self.sessions):
-                await tunnel.close("agent exiting")
+                await tunnel.close(self._why)
             if self.incoming is not None:
                 await self.incoming.close()
             self.executor.shutdown()
+
+    def _watch_target(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """End every session when the target process exits (its pod was deleted or its
+        container restarted): they would otherwise go on against a namespace nobody uses."""
+        if self.target.pid is None:
+            return lambda: None
+        try:
+            pidfd = os.pidfd_open(self.target.pid)
+        except OSError:
+            self._target_gone()
+            return lambda: None
+        loop.add_reader(pidfd, self._target_gone)
+
+        def unwatch() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+        return unwatch
+
+    def _target_gone(self) -> None:
+        if self._stop.is_set():
+            return
+        log.warning("the target process %s exited: ending every session", self.target.pid)
+        self._why = "the target container exited (its pod was deleted or restarted)"
+        self._stop.set()
 
     def stop(self) -> None:
         """Ask `serve` to return (closing every session)."""

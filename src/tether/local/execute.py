@@ -27,7 +27,7 @@ from tether.local.rules import DnsRules, FileRules, NetRules
 from tether.local.served import nsswitch_for_process, resolv_conf_for_process
 from tether.local.session import open_session
 from tether.local.supervisor import ALLOW_IF, TRAPPED, WRITE_TRAPPED, Supervisor
-from tether.tunnel import RemoteOpError
+from tether.tunnel import RemoteOpError, Tunnel
 
 
 def _local_text(path: str) -> str:
@@ -76,6 +76,15 @@ def _kill_tree(pid: int) -> None:
         todo.extend(children.get(current, []))
         with contextlib.suppress(ProcessLookupError):
             os.kill(current, signal.SIGKILL)
+
+
+async def _warn_when_lost(tunnel: Tunnel, progress: Progress) -> None:
+    why = await tunnel.wait_closed()
+    # The program goes on (it may not need the target any more), but the user must know why
+    # its remote files, connections and incoming traffic stopped working.
+    progress.warn(
+        f"lost the agent ({why or 'tunnel closed'}); the program runs on without the target"
+    )
 
 
 async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) -> int:
@@ -153,12 +162,14 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)
         progress.detail(f"started {argv[0]} (pid {launch.pid})")
+        watch = asyncio.ensure_future(_warn_when_lost(tunnel, progress))
         try:
             code = await _wait_exit(launch.pid)
         except BaseException:
             _kill_tree(launch.pid)
             raise
         finally:
+            watch.cancel()
             uninstall()
             supervisor.detach(loop)
             if incoming is not None:

@@ -102,6 +102,8 @@ async def _connect_agent(
 
 async def _leave(kube: KubeClient, acquired: AcquiredAgent, tunnel: Tunnel | None) -> bool:
     """Say goodbye to a shared agent; True if we were its last session (so its Job goes)."""
+    if tunnel is not None and tunnel.peer_closed:
+        return True  # the agent ended every session: it is exiting (target gone, stopped)
     if tunnel is not None and not tunnel.closed:
         try:
             answer = await tunnel.request("session.leave", {}, timeout=LEAVE_TIMEOUT)

@@ -74,6 +74,8 @@ class Tunnel:
         self._closed: BaseException | None = None
         self._done = asyncio.Event()
         self.last_received = time.monotonic()
+        # The peer ended the tunnel on purpose (GOAWAY), as opposed to the transport failing.
+        self.peer_closed = False
 
     def set_request_handler(self, handler: RequestHandler | None) -> None:
         """Answer the peer's requests with `handler` from now on (None: ENOSYS)."""
@@ -246,6 +248,7 @@ class Tunnel:
                 self._handshake.set_exception(TunnelClosedError(event.reason))
             self._finish(TunnelClosedError(event.reason))
         elif isinstance(event, ConnectionTerminated):
+            self.peer_closed = True
             self._finish(TunnelClosedError(event.reason or "the other side closed the tunnel"))
 
     async def _serve_request(self, event: RequestReceived) -> None:
