@@ -319,13 +319,14 @@ def test_write_mode_round_trip(tmp_path: Path) -> None:
         assert py.returncode == 0, py.stderr
         sh = texec("sh", "-c", f"echo third >> {name}; cat {name}", cwd=str(tmp_path))
         assert sh.returncode == 0, sh.stderr
-        assert sh.stdout == "first\nsecond\nthird\n"
-        assert kubectl("-n", "shop", "exec", pod, "--", "cat", name) == "first\nsecond\nthird\n"
+        assert sh.stdout == "first\nsecond\nthird\n", (sh.stdout, sh.stderr, py.stderr)
+        on_pod = kubectl("-n", "shop", "exec", pod, "--", "cat", name, check=False)
+        assert on_pod == "first\nsecond\nthird\n", (on_pod, sh.stderr)
         assert not Path(name).exists(), "write mode must not write the local file"
         rm = texec("rm", name, cwd=str(tmp_path))
         assert rm.returncode == 0, rm.stderr
         gone = kubectl("-n", "shop", "exec", pod, "--", "ls", name, check=False)
-        assert gone == ""
+        assert gone == "", (gone, rm.stderr)
     finally:
         kubectl("-n", "shop", "exec", pod, "--", "rm", "-f", name, check=False)
 
