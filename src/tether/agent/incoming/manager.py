@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 import logging
 import socket
 import time
@@ -269,7 +268,6 @@ class IncomingManager:
         self._rules_up = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._passthrough: set[tuple[str, int]] = set()
-        self._ids = itertools.count(1)
 
     # -- subscriptions -----------------------------------------------------------------------
 
