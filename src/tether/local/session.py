@@ -134,15 +134,15 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
         progress.step(f"target: {target.describe() if target else 'targetless'}")
         session_id = new_session_id()
         for attempt in range(CONNECT_ATTEMPTS):
+            secret = new_secret()
             manifest = agent_job_manifest(
                 session_id=session_id,
-                secret=new_secret(),
+                secret=secret,
                 agent=config.agent,
                 target=target,
                 namespace=namespace,
                 shared=target is not None,
             )
-            secret = manifest["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
             if target is None:
                 acquired = AcquiredAgent(await start_agent_job(kube, manifest), secret, True)
             else:
