@@ -371,6 +371,11 @@ class Supervisor:
         if exists and flags & os.O_CREAT and flags & os.O_EXCL:
             self.listener.respond_error(notif.id, errno.EEXIST)
             return
+        previous = self.written.get(path)
+        if previous is not None:
+            # An earlier open of the file may hold writes not sent back yet (a dup2 closes
+            # without a close call): send them first, or reading the pod's copy loses them.
+            await self.remote.write_back(path, previous[0])
         if exists and not flags & os.O_TRUNC:
             fd = await self.remote.read_into_memfd(path)
         else:
@@ -384,9 +389,15 @@ class Supervisor:
         self.written[path] = (fd, mode or 0o644)
         if not exists:
             await self.remote.write_back(path, fd)  # O_CREAT: the file exists from now on
-        target_fd = self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
+        # Install the fd first and answer only once it is registered: answering at once
+        # (ADDFD_FLAG_SEND) lets the process write and close it before `writable` knows it,
+        # and that close would then skip the write-back.
+        target_fd = self.listener.add_fd(
+            notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC), send=False
+        )
         if target_fd is not None:
             self.writable[(tgid_of(notif.pid), target_fd)] = path
+            self.listener.respond_value(notif.id, target_fd)
 
     async def _open_remote_dir(self, notif: Notification, path: str, flags: int) -> None:
         entries = await self.tunnel.request("fs.listdir", {"path": path})
