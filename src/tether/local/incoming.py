@@ -136,6 +136,10 @@ class IncomingClient:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for remote in sorted(set(self.delivered) | set(self._granted)):
+            self.progress.detail(
+                f"incoming: port {remote}: {self.delivered[remote]} connection(s) delivered"
+            )
 
     async def _on_request(self, op: str, args: dict[str, Any]) -> None:
         """The agent's notices: `incoming.lost` when another session took a port over."""
