@@ -481,18 +481,21 @@ class IncomingManager:
         if whole is not None:
             first = b""
             if not whole.steal_probes:
-                first = await _peek_request(client)
+                first = await _peek_request(client) or b""
                 if first and _is_probe_request(first):
                     await self._passthrough_with(client, dst, first)
                     return
             await self._steal_whole(client, whole, first, params)
             return
         if filtered:
-            first = await _first_bytes(client, FIRST_BYTES_TIMEOUT)
-            if first and looks_like_http(first):
-                await self._route(client, first, dst, params)
+            opening = await _first_bytes(client, FIRST_BYTES_TIMEOUT)
+            if opening is None:
+                await self._silent_client(client, dst, params)
                 return
-            await self._passthrough_with(client, dst, first)
+            if opening and looks_like_http(opening):
+                await self._route(client, opening, dst, params)
+                return
+            await self._passthrough_with(client, dst, opening)
             return
         await self._passthrough_with(client, dst, b"")
 
@@ -529,11 +532,49 @@ class IncomingManager:
         finally:
             await original.close()
 
+    async def _silent_client(
+        self, client: Pipe, dst: tuple[str, int], params: dict[str, Any]
+    ) -> None:
+        """A client that sent nothing at first: either the app speaks first (SMTP, MySQL...)
+        or an HTTP client opened the connection ahead of its first request. Connect to the app
+        and see who speaks: the app's bytes mean passthrough, the client's are routed."""
+        original = await self._open_original(dst)
+        used = False
+        from_client = asyncio.ensure_future(client.read())
+        from_app = asyncio.ensure_future(original.read())
+        try:
+            await asyncio.wait({from_client, from_app}, return_when=asyncio.FIRST_COMPLETED)
+            app_first = from_app.done()
+            client_bytes = await _settle(from_client)
+            app_bytes = await _settle(from_app)
+            if client_bytes == b"" or app_bytes == b"":
+                return  # one side hung up before anything was said
+            if not app_first and client_bytes and looks_like_http(client_bytes):
+                used = True
+                await self._route(client, client_bytes, dst, params, original)
+                return
+            if app_bytes:
+                await client.write(app_bytes)
+            if client_bytes:
+                await original.write(client_bytes)
+            await splice(client, original)
+        finally:
+            from_client.cancel()
+            from_app.cancel()
+            if not used:
+                await original.close()
+
     async def _route(
-        self, client: Pipe, first: bytes, dst: tuple[str, int], params: dict[str, Any]
+        self,
+        client: Pipe,
+        first: bytes,
+        dst: tuple[str, int],
+        params: dict[str, Any],
+        original: _OriginalPipe | None = None,
     ) -> None:
         port = dst[1]
         opened: list[_OriginalPipe] = []
+        ready = [original] if original is not None else []
 
         def decide(head: RequestHead) -> Hashable | None:
             state = self.ports.get(port)
@@ -551,7 +592,8 @@ class IncomingManager:
 
         async def connect(key: Hashable | None) -> Pipe:
             if key is None:
-                pipe = await self._open_original(dst)
+                # A connection to the app opened already (see _silent_client) serves first.
+                pipe = ready.pop() if ready else await self._open_original(dst)
                 opened.append(pipe)
                 return pipe
             state = self.ports.get(port)
@@ -572,6 +614,8 @@ class IncomingManager:
         finally:
             for pipe in opened:
                 pipe.forget()
+            for pipe in ready:
+                await pipe.close()  # never asked for: the router did not take it over
 
 
 async def _tell_lost(lost: Subscription, by: str) -> None:
@@ -582,15 +626,30 @@ async def _tell_lost(lost: Subscription, by: str) -> None:
         )
 
 
-async def _first_bytes(client: Pipe, timeout: float) -> bytes:
+async def _first_bytes(client: Pipe, timeout: float) -> bytes | None:
+    """The client's first bytes (b"" at EOF), or None if it sent nothing within `timeout`."""
     try:
         return await asyncio.wait_for(client.read(), timeout)
     except TimeoutError:
+        return None
+
+
+async def _settle(task: asyncio.Future[bytes]) -> bytes | None:
+    """What a read task got, cancelling it if it is still waiting (then None; a cancelled
+    stream read loses no bytes). Read errors count as the peer hanging up."""
+    if not task.done():
+        task.cancel()
+    (result,) = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(result, asyncio.CancelledError):
+        return None
+    if isinstance(result, BaseException):
         return b""
+    return result
 
 
-async def _peek_request(client: Pipe) -> bytes:
-    """The client's first bytes, up to the end of an HTTP request head if it sends one."""
+async def _peek_request(client: Pipe) -> bytes | None:
+    """The client's first bytes, up to the end of an HTTP request head if it sends one;
+    None if it sent nothing at first."""
     data = await _first_bytes(client, PROBE_PEEK_TIMEOUT)
     if not data or not looks_like_http(data) or data.startswith(b"PRI "):
         return data

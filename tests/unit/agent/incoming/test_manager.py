@@ -580,3 +580,62 @@ async def test_session_leave_tells_the_last_one(world: World) -> None:
     assert world.serve_task is not None
     await asyncio.wait_for(world.serve_task, 5)  # exits on its own, rules and all
     assert "TETHER" not in world.iptables()
+
+
+# -- connections that say nothing at first ---------------------------------------------------
+
+
+async def test_a_filtered_steal_routes_a_connection_opened_ahead_of_its_requests(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP clients may open a connection before they have a request for it: once the wait
+    for its first bytes is over, the requests that do come are still routed one by one."""
+    from tether.agent.incoming import manager as manager_mod
+
+    monkeypatch.setattr(manager_mod, "FIRST_BYTES_TIMEOUT", 0.1)
+    app = await world.local_app("alice")
+    alice = await world.join("alice")
+    await alice.subscribe(world.port, app.port, mode="steal", http_filter=_dev("alice"))
+    client = await world.connect()
+    await asyncio.sleep(0.5)  # silent well past the wait
+    assert (await _request(client, "/a", ("X-Dev", "alice"))).server == "alice"
+    assert (await _request(client, "/p")).server == "pod"
+    assert (await _request(client, "/a2", ("X-Dev", "alice"))).server == "alice"
+    # The connection to the app opened while waiting is the one that served the pod's part.
+    assert world.app.accepted == 1
+
+
+async def test_a_filtered_steal_passes_a_server_first_protocol_through(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a port whose server speaks first (SMTP-like), the client's silence is not a hang."""
+    from tether.agent.incoming import manager as manager_mod
+
+    monkeypatch.setattr(manager_mod, "FIRST_BYTES_TIMEOUT", 0.1)
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 pod ready\r\n")
+        line = await reader.readline()
+        writer.write(b"250 got " + line)
+        await writer.drain()
+        writer.close()
+
+    with NetnsExecutor(world.pod.path, max_workers=1) as pod_ex:
+        sock = await pod_ex.listen_tcp()
+    port = int(sock.getsockname()[1])
+    server = await asyncio.start_server(greet, sock=sock)
+    try:
+        app = await world.local_app("alice")
+        alice = await world.join("alice")
+        await alice.subscribe(port, app.port, mode="steal", http_filter=_dev("alice"))
+        sock = await world.client_ex.open_tcp(TARGET_ADDR, port, TIMEOUT)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"220 pod ready\r\n"
+            writer.write(b"HELO me\r\n")
+            assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"250 got HELO me\r\n"
+        finally:
+            writer.close()
+        assert app.accepted == 0
+    finally:
+        server.close()
