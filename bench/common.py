@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tether.kube.client import KubeClient, connect
 from tether.kube.portforward import PortForward, open_portforward
@@ -191,12 +192,17 @@ def tether_forward(
             assert s.recv(3) == b"hi\n"
         yield proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: "subprocess.Popen[Any]", within: float = 30) -> None:
+    """End a background tether as Ctrl-C would (its cleanup runs), or kill it if it hangs."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, within: float = 60) -> None:

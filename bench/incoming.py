@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from bench.common import (
     kubectl,
     median,
     pct,
+    stop,
 )
 from tether.kube.portforward import PortForward, open_portforward
 
@@ -153,12 +153,7 @@ def tether(*args: str) -> Iterator[subprocess.Popen[str]]:
             raise RuntimeError(f"tether exited with {proc.wait()}")
         yield proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 async def timed(client: Http, rounds: int, headers: bytes = b"") -> list[float]:

@@ -23,8 +23,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cli import AGENT, agent_objects, free_port, tether_env, wait_no_agent_objects
-from tests.e2e.kube import AGENT_IMAGE, PYTHON_IMAGE, get, kubectl, ready_pod
+from tests.e2e.cli import (
+    AGENT,
+    agent_objects,
+    free_port,
+    one_line_error,
+    tether,
+    tether_env,
+    wait_no_agent_objects,
+)
+from tests.e2e.kube import AGENT_IMAGE, PYTHON_IMAGE, get, kubectl, one_container, ready_pod
 from tether.agent.target import find_container_pid
 
 FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
@@ -330,19 +338,8 @@ def test_two_filtered_sessions_share_the_target_and_an_unfiltered_steal_is_refus
                     assert answer == {"service": "local", "name": who}, (who, answer)
         finally:
             conn.close()
-        third = subprocess.run(
-            [sys.executable, "-m", "tether", "port-forward", *FRONTEND, "-R", "8080", "--steal"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=tether_env(),
-            check=False,
-        )
-        assert third.returncode != 0, third.stderr
-        assert "Traceback" not in third.stderr, third.stderr
-        errors = [line for line in third.stderr.splitlines() if line.startswith("tether: error:")]
-        assert len(errors) == 1, third.stderr
-        assert "port 8080 is taken" in errors[0] and "--override" in errors[0], errors[0]
+        third = tether("port-forward", *FRONTEND, "-R", "8080", "--steal")
+        one_line_error(third, "port 8080 is taken", "--override")
         # The refused session left the others' steals alone.
         assert fresh_get("/still", {"X-Dev": "bob"}) == {"service": "local", "name": "bob"}
     assert fresh_get("/after", {"X-Dev": "alice"})["pod"] == pod
@@ -504,76 +501,52 @@ def test_a_steal_resets_keep_alive_connections_opened_before_it(reset: bool) -> 
         old.close()
 
 
+def throwaway_pod(name: str, containers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A bare pod in shop for one test (quick to delete)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": containers},
+    }
+
+
 def test_sessions_on_two_containers_of_one_pod_share_its_agent() -> None:
     """The containers of a pod share its network namespace, so they share one agent (the
     owner of the redirect rules); each session still gets its own container's env."""
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "t-two", "namespace": "shop", "labels": {"app": "t-two"}},
-        "spec": {
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": name,
-                    "image": PYTHON_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["python3", "-m", "http.server", port],
-                    "env": [{"name": "WHO", "value": name}],
-                }
-                for name, port in (("left", "8081"), ("right", "8082"))
-            ],
-        },
-    }
+    pod = throwaway_pod(
+        "t-two",
+        [
+            {
+                "name": name,
+                "image": PYTHON_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["python3", "-m", "http.server", port],
+                "env": [{"name": "WHO", "value": name}],
+            }
+            for name, port in (("left", "8081"), ("right", "8082"))
+        ],
+    )
     kubectl("apply", "-f", "-", input=json.dumps(pod))
     try:
         kubectl("-n", "shop", "wait", "--for=condition=Ready", "pod/t-two", "--timeout=120s")
         left = ["--target", "pod/t-two/container/left", "-n", "shop", *AGENT]
         right = ["--target", "pod/t-two/container/right", "-n", "shop", *AGENT]
         with LocalApp("left") as app, running("port-forward", *left, "-R", f"8081:{app.port}"):
-            env = subprocess.run(
-                [sys.executable, "-m", "tether", "env", *right, "--include", "WHO"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env=tether_env(),
-                check=False,
-            )
+            env = tether("env", *right, "--include", "WHO")
             assert env.returncode == 0, env.stderr
             assert env.stdout == "WHO=right\n"
-            assert (
-                "joined job"
-                in subprocess.run(
-                    [sys.executable, "-m", "tether", "env", "-v", *right],
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                    env=tether_env(),
-                    check=False,
-                ).stderr
-            )
+            assert "joined job" in tether("env", "-v", *right).stderr
             assert agent_objects("shop")[0] == 1
     finally:
         kubectl("-n", "shop", "delete", "pod", "t-two", "--wait=false", check=False)
 
 
 def test_a_deleted_target_pod_ends_the_session_with_one_line() -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "t-gone", "namespace": "shop"},
-        "spec": {
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "web",
-                    "image": PYTHON_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["python3", "-m", "http.server", "8080"],
-                }
-            ],
-        },
-    }
+    pod = throwaway_pod(
+        "t-gone",
+        one_container(PYTHON_IMAGE, ["python3", "-m", "http.server", "8080"])["containers"],
+    )
     kubectl("apply", "-f", "-", input=json.dumps(pod))
     try:
         kubectl("-n", "shop", "wait", "--for=condition=Ready", "pod/t-gone", "--timeout=120s")

@@ -4,7 +4,6 @@ over a single API-server port-forward. Cleanup (the Job) happens on every exit p
 import asyncio
 import contextlib
 import getpass
-import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -37,8 +36,6 @@ KEEPALIVE_INTERVAL = 15.0
 LEAVE_TIMEOUT = 5.0
 # Joining a shared agent can meet it just as its last session leaves: start over this often.
 CONNECT_ATTEMPTS = 3
-
-log = logging.getLogger("tether.session")
 
 
 class SessionError(Exception):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.cli.main import apply_incoming
+from tether.cli.main import _INCOMING_KEYS, apply_incoming
 from tether.config import ConfigError, TetherConfig, validate_config
 from tether.local.incoming import PortSpec, PortSpecError, parse_port_spec
 
@@ -72,11 +72,9 @@ def test_filter_wire_form() -> None:
 
 
 def _flags(**given: object) -> dict[str, object]:
-    keys = (
-        "incoming_flag", "http_header", "http_path", "http_methods", "http_filter_any",
-        "steal_probes", "override", "no_reset_connections",
-    )  # fmt: skip
-    return {key: given.get(key) for key in keys} | {k: v for k, v in given.items() if k not in keys}
+    return {key: given.get(key) for key in _INCOMING_KEYS} | {
+        k: v for k, v in given.items() if k not in _INCOMING_KEYS
+    }
 
 
 def test_header_flag_implies_steal_with_a_filter() -> None:
