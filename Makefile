@@ -3,10 +3,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 export KUBECONFIG := /var/lib/tether-devcluster/admin.kubeconfig
 
-.PHONY: setup cluster demo test lint unit e2e down clean
+.PHONY: setup prepare cluster demo test lint unit e2e down clean fresh-check
 
 setup:
 	@bash scripts/bootstrap.sh
+
+# Everything `cluster` does before it starts a process: packages, the Kubernetes build, images.
+prepare: setup
+	$(BIN)/devcluster prepare
 
 cluster: setup
 	$(BIN)/devcluster up
@@ -31,6 +35,10 @@ test: cluster lint
 
 down: setup
 	$(BIN)/devcluster down
+
+# The set-up on a fresh Debian 12 root (debootstrap + chroot): several minutes.
+fresh-check:
+	@bash scripts/fresh-check.sh
 
 clean: down
 	rm -rf $(VENV)

@@ -2,6 +2,7 @@
 # Deploy the shop on the devcluster and show it answering from inside the cluster.
 set -euo pipefail
 cd "$(dirname "$0")"
+# KUBECONFIG, the cluster's kubectl and TETHER_AGENT_IMAGE (the locally built agent image).
 eval "$(devcluster env)"
 
 kubectl apply -k .
@@ -21,7 +22,7 @@ echo "#   PORT=18081 tether exec --target deployment/frontend -n shop \\"
 echo "#       --http-header-filter '^x-dev: demo\$' --port-map 8080:18081 -- python3 app/shop.py frontend"
 PORT=18081 tether exec -q --target deployment/frontend -n shop \
     --http-header-filter '^x-dev: demo$' --port-map 8080:18081 \
-    --agent-image docker.io/tether/agent:dev -- python3 app/shop.py frontend >/tmp/tether-demo.log 2>&1 &
+    -- python3 app/shop.py frontend >/tmp/tether-demo.log 2>&1 &
 demo_pid=$!
 trap 'status=$?; kill -TERM $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true; exit $status' EXIT
 for _ in $(seq 1 100); do

@@ -49,6 +49,31 @@ def test_env_shows_the_targets_variables() -> None:
     assert wait_no_agent_objects("shop") == before
 
 
+def test_readme_commands_work_after_devcluster_env_without_flags(tmp_path: Path) -> None:
+    # As the README says: `eval "$(devcluster env)"`, then plain commands (no --agent-image:
+    # TETHER_AGENT_IMAGE names the locally built image, which is never pulled).
+    exports = subprocess.run(
+        [sys.executable, "-m", "devcluster", "env"], capture_output=True, text=True, check=True
+    ).stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env |= {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    for line in exports.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value.replace("$PATH", env.get("PATH", ""))
+    assert env["TETHER_AGENT_IMAGE"] == "docker.io/tether/agent:dev"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tether", "env", "-t", "deployment/frontend", "-n", "shop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "SHOP_MODE=staging" in proc.stdout.splitlines()
+
+
 def test_port_forward_reaches_backend_by_short_name() -> None:
     port = free_port()
     with background("port-forward", *FRONTEND, "-L", f"{port}:backend:80") as proc:

@@ -1,4 +1,4 @@
-"""`devcluster up | down | status | images | env`."""
+"""`devcluster up | down | status | images | env | preflight | prepare`."""
 
 import json
 import logging
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from devcluster import cluster, images, layout
+from devcluster import cluster, images, install, layout
 from devcluster.errors import DevclusterError
 
 
@@ -108,6 +108,36 @@ def env() -> None:
     """Print shell exports for using the cluster: eval "$(devcluster env)"."""
     click.echo(f"export KUBECONFIG={layout.ADMIN_KUBECONFIG}")
     click.echo(f"export PATH={layout.K8S_BIN}:$PATH")
+    # The agent image is imported, never pulled: tether must be told its local name.
+    click.echo(f"export TETHER_AGENT_IMAGE={layout.AGENT_IMAGE}")
+
+
+@main.command()
+def preflight() -> None:
+    """Check that every program the set-up, the Kubernetes build and the image builders call
+    is installed; exit 1 naming each missing one and its Debian package."""
+
+    def go() -> None:
+        install.preflight()
+        click.echo(f"devcluster: preflight ok ({len(install.PROGRAMS)} programs)", err=True)
+
+    _guard(go)
+
+
+@main.command()
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None)
+def prepare(project: Path | None) -> None:
+    """Install, check and build everything `up` needs (packages, Kubernetes, image layers)
+    without starting anything: what `make fresh-check` runs in a fresh Debian root."""
+
+    def go() -> None:
+        _require_root()
+        cluster.prepare()
+        sizes = images.prepare_images(project or find_project(Path.cwd()))
+        shown = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in sizes.items())
+        click.echo(f"devcluster: prepared; image layers: {shown}", err=True)
+
+    _guard(go)
 
 
 def _guard(fn: Callable[[], None]) -> None:

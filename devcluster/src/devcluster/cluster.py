@@ -399,10 +399,17 @@ def up(project: Path | None) -> float:
         return _up(project)
 
 
+def prepare() -> None:
+    """Install what the cluster needs and build Kubernetes (first run): everything `up` does
+    before it starts a process. Stops in one line, before the build, if a program is missing."""
+    install.ensure_packages(need_source=not build.cached())
+    install.preflight()
+    build.ensure_binaries()
+
+
 def _up(project: Path | None) -> float:
     t0 = time.monotonic()
-    install.ensure_packages(need_source=not build.cached())
-    build.ensure_binaries()
+    prepare()
     pki.ensure_pki()
     if _healthy_for_reuse():
         log.info("cluster already running and healthy: reusing it")

@@ -1,7 +1,10 @@
 """Container images built without Docker and imported into containerd's `k8s.io` namespace.
 
-An image is a docker-save archive (manifest.json + config + layer tars) made from root
-directories assembled out of this machine's Debian files. Layers are cached by a key naming
+An image is a docker-save archive (manifest.json + config + layer tars). The test
+infrastructure's images (pause, busybox, python) are assembled out of this machine's Debian
+files. The agent image is the one users build from Containerfile: a Debian bookworm root
+bootstrapped from the Debian registry with the packages declared in agent-image/, the pinned
+Python requirements declared there, and tether's sources. Layers are cached by a key naming
 what went into them, so only the tether layer is rebuilt from the working tree each time.
 """
 
@@ -9,13 +12,13 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,43 @@ _DIST = "usr/lib/python3/dist-packages"
 _IMPORT_ATTEMPTS = 3
 _SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data"}
 _PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# The agent image's declaration, relative to the tether checkout; Containerfile reads the same.
+AGENT_SPEC_DIR = "agent-image"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# Where the agent's Python packages and tether go in the image: on Debian python3's sys.path,
+# apart from Debian's own dist-packages.
+AGENT_SITE = "usr/local/lib/python3.11/dist-packages"
+
+
+def _declared_lines(path: Path) -> list[str]:
+    """The non-comment, non-blank lines of a declaration file."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What the agent image holds, as declared in agent-image/."""
+
+    packages: list[str]
+    requirements: Path
+    requirements_text: str
+
+    @classmethod
+    def read(cls, spec_dir: Path) -> "AgentSpec":
+        """Read debian-packages.txt and requirements.txt from `spec_dir`."""
+        try:
+            packages = _declared_lines(spec_dir / "debian-packages.txt")
+            reqs = spec_dir / "requirements.txt"
+            text = "\n".join(_declared_lines(reqs))
+        except OSError as exc:
+            raise DevclusterError(f"cannot read the agent image declaration: {exc}") from exc
+        if not packages:
+            raise DevclusterError(f"{spec_dir}/debian-packages.txt names no package")
+        return cls(packages, reqs, text)
 
 
 @dataclass(frozen=True)
@@ -168,41 +208,63 @@ def _populate_pause(root: Path) -> None:
     run(["gcc", "-static", "-Os", "-s", "-o", str(root / "pause"), str(src)])
 
 
-def _populate_agent_tools(root: Path, deps: list[str]) -> None:
-    """iptables (both backends), ss (iproute2) and tether's Python dependencies."""
-    # ss -K resets the target's connections to a port when its traffic is stolen.
-    binaries = ["/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi", "/usr/bin/ss"]
-    for b in binaries:
-        _copy_file(b, root)
-    for name in (
-        "iptables", "iptables-save", "iptables-restore",
-        "ip6tables", "ip6tables-save", "ip6tables-restore",
-    ):  # fmt: skip
-        for suffix, multi in (("-nft", "xtables-nft-multi"), ("-legacy", "xtables-legacy-multi")):
-            base, _, tail = name.partition("-")
-            link_name = f"{base}{suffix}{'-' + tail if tail else ''}"
-            (root / "usr/sbin" / link_name).symlink_to(multi)
-        # Default to nft like Debian; the agent picks the backend its target already uses.
-        base, _, tail = name.partition("-")
-        (root / "usr/sbin" / name).symlink_to(f"{base}-nft{'-' + tail if tail else ''}")
-    modules = sorted(Path("/usr/lib/x86_64-linux-gnu/xtables").glob("*.so"))
-    for m in modules:
-        _copy_file(str(m), root)
-    for lib in _shared_libs([*binaries, *map(str, modules)]):
-        _copy_file(lib, root)
-    if deps:
-        run(
-            [
-                sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
-                "--disable-pip-version-check", "--target", str(root / _DIST), *deps,
-            ]
-        )  # fmt: skip
+def agent_spec(project: Path) -> AgentSpec:
+    """The agent image's declaration in the tether checkout at `project` (agent-image/)."""
+    return AgentSpec.read(project / AGENT_SPEC_DIR)
+
+
+def _debian_mirror() -> str:
+    return os.environ.get("DEVCLUSTER_DEBIAN_MIRROR", DEBIAN_MIRROR)
+
+
+def _populate_debian_root(root: Path, packages: list[str]) -> None:
+    """A minimal Debian bookworm root with `packages`, from the Debian registry.
+
+    debootstrap rather than copying this machine's files: the image then holds exactly the
+    packages the declaration names, as a user's `docker build -f Containerfile` does."""
+    run(
+        [
+            "debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
+            DEBIAN_SUITE, str(root), _debian_mirror(),
+        ],
+        timeout=1800,
+    )  # fmt: skip
+    # What a container runtime provides (it mounts /dev, /proc, /sys, resolv.conf, hosts,
+    # hostname) or what only a running apt needs, so that the layer does not carry this
+    # machine's settings or a package cache.
+    for rel in ("dev", "proc", "sys", "run", "tmp", "var/cache/apt", "var/lib/apt/lists"):
+        d = root / rel
+        if d.is_dir():
+            for entry in d.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+    for rel in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"):
+        shutil.rmtree(root / rel, ignore_errors=True)
+    for rel in ("etc/resolv.conf", "etc/hostname"):
+        (root / rel).unlink(missing_ok=True)
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
+
+
+def _populate_agent_python(root: Path, requirements: Path) -> None:
+    """The agent's pinned Python requirements, as the wheels for Debian's python3.11."""
+    run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps",
+            "--disable-pip-version-check", "--only-binary=:all:",
+            "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
+            "--implementation", "cp", "--abi", "cp311",
+            "--target", str(root / AGENT_SITE), "-r", str(requirements),
+        ],
+        timeout=900,
+    )  # fmt: skip
 
 
 def _populate_tether(root: Path, src: Path) -> None:
     shutil.copytree(
         src,
-        root / _DIST / "tether",
+        root / AGENT_SITE / "tether",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
 
@@ -277,13 +339,6 @@ def _import(image: str, layers: list[Layer], config: dict[str, object]) -> bool:
     return True
 
 
-def project_dependencies(pyproject: Path) -> list[str]:
-    """The runtime dependencies of the `tether` package, as pip requirement strings."""
-    data = tomllib.loads(pyproject.read_text())
-    deps = data.get("project", {}).get("dependencies", [])
-    return [str(d) for d in deps]
-
-
 def base_layers() -> dict[str, Layer]:
     """Cached layers for busybox, Python and pause, keyed by image role."""
     bb = _dpkg_version("busybox-static")
@@ -316,21 +371,20 @@ def _build_base_images() -> list[str]:
     return imported
 
 
-def build_agent_image(project: Path) -> bool:
-    """Build tether's agent image from the working tree at `project`; True if re-imported."""
-    with _image_lock():
-        return _build_agent_image(project)
-
-
-def _build_agent_image(project: Path) -> bool:
+def agent_layers(project: Path) -> list[Layer]:
+    """The agent image's layers: the Debian root, the Python requirements (both cached by
+    their declaration's content) and tether's sources from the working tree."""
     src = project / "src" / "tether"
     if not src.is_dir():
         raise DevclusterError(f"{project} is not a tether checkout (no src/tether)")
-    deps = project_dependencies(project / "pyproject.toml")
-    ipt = _dpkg_version("iptables")
-    tools = cached_layer(
-        f"agent-tools+ss:{ipt}:{_dpkg_version('iproute2')}:{sorted(deps)}",
-        lambda root: _populate_agent_tools(root, deps),
+    spec = agent_spec(project)
+    debian = cached_layer(
+        f"agent-debian:{DEBIAN_SUITE}:{_debian_mirror()}:{spec.packages}",
+        lambda root: _populate_debian_root(root, spec.packages),
+    )
+    python = cached_layer(
+        f"agent-python:{spec.requirements_text}",
+        lambda root: _populate_agent_python(root, spec.requirements),
     )
     layout.LAYERS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="devcluster-tether-") as tmp:
@@ -339,12 +393,36 @@ def _build_agent_image(project: Path) -> bool:
         _populate_tether(root, src)
         digest_tar = layout.LAYERS / "tether-worktree.tar"
         digest = _tar_dir(root, digest_tar)
-    tether_layer = Layer(digest_tar, digest)
-    python = base_layers()["python"]
-    config: dict[str, object] = {
-        "Env": [_PATH_ENV, "PYTHONDONTWRITEBYTECODE=1"],
-        "WorkingDir": "/",
-        "Cmd": ["python3"],
-        "Labels": {"org.opencontainers.image.title": "tether-agent"},
-    }
-    return _import(layout.AGENT_IMAGE, [python, tools, tether_layer], config)
+    return [debian, python, Layer(digest_tar, digest)]
+
+
+AGENT_CONFIG: dict[str, object] = {
+    "Env": [_PATH_ENV, "PYTHONDONTWRITEBYTECODE=1"],
+    "WorkingDir": "/",
+    "Cmd": ["python3", "-m", "tether.agent"],
+    "Labels": {"org.opencontainers.image.title": "tether-agent"},
+}
+
+
+def build_agent_image(project: Path) -> bool:
+    """Build tether's agent image from the working tree at `project`; True if re-imported."""
+    with _image_lock():
+        return _import(layout.AGENT_IMAGE, agent_layers(project), AGENT_CONFIG)
+
+
+def write_agent_archive(project: Path, dest: Path) -> int:
+    """Build the agent image and write it as a docker-save archive (no containerd needed);
+    return the size of its layers in bytes."""
+    with _image_lock():
+        layers = agent_layers(project)
+        _archive(layout.AGENT_IMAGE, layers, AGENT_CONFIG, dest)
+    return sum(layer.path.stat().st_size for layer in layers)
+
+
+def prepare_images(project: Path | None) -> dict[str, int]:
+    """Build every image's layers (no containerd needed); return each image's size."""
+    with _image_lock():
+        sizes = {name: layer.path.stat().st_size for name, layer in base_layers().items()}
+        if project is not None:
+            sizes["agent"] = sum(layer.path.stat().st_size for layer in agent_layers(project))
+    return sizes

@@ -14,11 +14,17 @@ import click
 
 from tether import __version__
 from tether.config import (
+    PRECEDENCE,
     ConfigError,
+    Flags,
+    ResolvedConfig,
     TetherConfig,
     config_schema,
-    load_config,
+    find_config,
+    find_user_config,
     merge_cli,
+    resolve_config,
+    user_config_dir,
     validate_config,
 )
 from tether.intercept.launcher import LaunchError
@@ -89,7 +95,8 @@ def target_options(fn: F) -> F:
             "--config",
             "config_path",
             type=click.Path(path_type=Path),
-            help="Config file (default: tether.toml/.yaml/.json in the working dir).",
+            help="Project config file (default: tether.toml/.yaml/.json in the working dir; "
+            "see `tether config`).",
         ),
         click.option(
             "-t",
@@ -223,13 +230,32 @@ def apply_incoming(config: TetherConfig, opts: dict[str, Any]) -> TetherConfig:
     return validate_config(data, "command line")
 
 
+def cli_flags(opts: dict[str, Any]) -> Flags:
+    """The command-line layer for resolve_config: the flags in `opts` (None or absent when not
+    given; incoming ones as apply_incoming takes them, the rest as merge_cli does) applied to
+    the configuration below them."""
+
+    def apply(config: TetherConfig) -> TetherConfig:
+        flags = dict(opts)
+        if any(key in flags for key in _INCOMING_KEYS):
+            config = apply_incoming(config, flags)
+        return merge_cli(config, **flags)
+
+    return apply
+
+
+def _resolve(opts: dict[str, Any]) -> ResolvedConfig:
+    opts.pop("quiet", None)
+    opts.pop("verbose", None)
+    config_path = opts.pop("config_path", None)
+    return resolve_config(config_path, Path.cwd(), cli_flags(opts))
+
+
 def build_config(opts: dict[str, Any]) -> tuple[TetherConfig, Progress]:
-    """The file's config with command-line flags on top, and the progress printer."""
-    config = load_config(opts.pop("config_path", None), Path.cwd())
-    quiet, verbose = opts.pop("quiet", False), opts.pop("verbose", False)
-    if any(key in opts for key in _INCOMING_KEYS):
-        config = apply_incoming(config, opts)
-    config = merge_cli(config, **opts)
+    """The effective config (flags over the environment, the project file, the user file and
+    the defaults: see resolve_config) and the progress printer."""
+    quiet, verbose = opts.get("quiet", False), opts.get("verbose", False)
+    config = _resolve(opts).config
     return config, Progress(0 if quiet else 2 if verbose else 1)
 
 
@@ -387,7 +413,7 @@ def exec_(command: tuple[str, ...], **opts: Any) -> None:
 
 
 @main.command()
-@click.option("-n", "--namespace", help="Namespace (default: the context's).")
+@click.option("-n", "--namespace", help="Namespace (default: the config's, else the context's).")
 @click.option("--context", help="kubeconfig context.")
 @click.option("--kubeconfig", help="kubeconfig file.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
@@ -396,9 +422,18 @@ def ls(namespace: str | None, context: str | None, kubeconfig: str | None, outpu
     from tether.kube.client import connect
     from tether.kube.targets import list_targets
 
+    try:
+        # The cluster settings come from the same layers as every other command's.
+        config, _ = build_config(
+            {"namespace": namespace, "context": context, "kubeconfig": kubeconfig}
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+
     async def go() -> int:
-        async with await connect(kubeconfig, context) as kube:
-            targets = await list_targets(kube, namespace or kube.default_namespace)
+        async with await connect(config.kubeconfig, config.context) as kube:
+            targets = await list_targets(kube, config.namespace or kube.default_namespace)
         if output == "json":
             click.echo(json.dumps(targets, indent=2))
         else:
@@ -411,5 +446,53 @@ def ls(namespace: str | None, context: str | None, kubeconfig: str | None, outpu
 
 @main.command()
 def schema() -> None:
-    """Print the JSON Schema of tether.toml / tether.yaml / tether.json."""
+    """Print the JSON Schema of tether.toml / tether.yaml / tether.json (and of the user file),
+    with each setting's TETHER_* variable as `x-env` and the precedence in its description."""
     click.echo(json.dumps(config_schema(), indent=2))
+
+
+@main.command("config")
+@target_options
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def show_config(output: str, **opts: Any) -> None:
+    """Print the effective configuration and where each value came from.
+
+    Flags given here are applied as on any other command.
+    """
+    try:
+        explicit = opts.get("config_path")
+        resolved = _resolve(opts)
+    except (ConfigError, PortSpecError) as exc:
+        _fail(str(exc))
+        return
+    if output == "json":
+        data = {"config": resolved.config.model_dump(mode="json"), "sources": resolved.sources}
+        click.echo(json.dumps(data, indent=2))
+        return
+    user = find_user_config()
+    project = explicit if explicit is not None else find_config(Path.cwd())
+    click.echo(f"# precedence, highest first: {' > '.join(PRECEDENCE)}")
+    click.echo(f"# user file: {user or 'none in ' + str(user_config_dir())}")
+    click.echo(f"# project file: {project or 'none'}")
+    click.echo(format_sources(resolved), nl=False)
+
+
+def format_sources(resolved: ResolvedConfig) -> str:
+    """One line per setting: `key = value  # source`, keys aligned, values as JSON."""
+    values = _flat_values(resolved.config.model_dump(mode="json"))
+    width = max((len(key) for key in resolved.sources), default=0)
+    lines = []
+    for key, source in resolved.sources.items():
+        value = json.dumps(values.get(key), ensure_ascii=False)
+        lines.append(f"{key:<{width}} = {value}  # {source}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _flat_values(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = prefix + key
+        flat[dotted] = value
+        if isinstance(value, dict):
+            flat.update(_flat_values(value, dotted + "."))
+    return flat

@@ -51,9 +51,3 @@ def test_archive_has_manifest_config_and_layers(cache: Path, tmp_path: Path) -> 
         assert config["config"]["Cmd"] == ["sh"]
         data = tar.extractfile(entry["Layers"][0]).read()  # type: ignore[union-attr]
         assert hashlib.sha256(data).hexdigest() == layer.diff_id
-
-
-def test_project_dependencies_read_from_pyproject(tmp_path: Path) -> None:
-    py = tmp_path / "pyproject.toml"
-    py.write_text('[project]\nname = "x"\ndependencies = ["a>=1", "b"]\n')
-    assert images.project_dependencies(py) == ["a>=1", "b"]

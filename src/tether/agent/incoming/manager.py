@@ -308,9 +308,7 @@ class IncomingManager:
             state.subs.append(sub)
         log.info("port %d: %s", port, sub.describe())
         if mode == "steal" and reset:
-            killed = await self._reset(port)
-            if killed:
-                log.info("port %d: reset %d open connection(s) of the app", port, killed)
+            warnings += await self._reset(port)
         return warnings
 
     def _check_steal(
@@ -394,8 +392,14 @@ class IncomingManager:
                 await self.redirector.setup()
                 self._rules_up = True
             await self.redirector.add(port, listen_port)
-        except RedirectError as exc:
+        except Exception as exc:
+            # Nothing of this port may stay behind: its listener, and the chains if no other
+            # port uses them, so the app keeps its traffic.
             server.close()
+            if not self.ports and self._rules_up:
+                with contextlib.suppress(RedirectError):
+                    await self.redirector.teardown()
+                self._rules_up = False
             raise IncomingError("EIO", f"cannot redirect port {port}: {exc}", 5) from None
         state = _PortState(port, server, listen_port)
         self.ports[port] = state
@@ -416,12 +420,21 @@ class IncomingManager:
                 await self.redirector.teardown()
             self._rules_up = False
 
-    async def _reset(self, port: int) -> int:
+    async def _reset(self, port: int) -> list[str]:
+        """Reset the app's open connections to a stolen port; a warning for the user if that
+        fails. The steal itself stands either way: its rules are in and new connections come
+        to the session, so failing here would only leave the port half set up."""
         try:
-            return await reset_connections(self.executor, port, keep_peers=set(self._passthrough))
-        except (OSError, RuntimeError) as exc:
+            killed = await reset_connections(self.executor, port, keep_peers=set(self._passthrough))
+        except Exception as exc:
             log.warning("port %d: could not reset open connections: %s", port, exc)
-            return 0
+            return [
+                f"port {port}: new connections are stolen, but the ones already open were not"
+                f" reset and stay with the pod until they close ({exc})"
+            ]
+        if killed:
+            log.info("port %d: reset %d open connection(s) of the app", port, killed)
+        return []
 
     # -- connections -------------------------------------------------------------------------
 

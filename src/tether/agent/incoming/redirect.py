@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.agent.netns import NetnsExecutor
+from tether.agent.programs import IPTABLES_BACKENDS, iptables_restore, iptables_save
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ _JUMPS = (("PREROUTING", PREROUTING_CHAIN), ("OUTPUT", OUTPUT_CHAIN))
 
 #: iptables backends, in the order of preference when nothing else decides (Debian's default
 #: first).
-BACKENDS = ("nft", "legacy")
+BACKENDS = IPTABLES_BACKENDS
 
 _BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 _OWNER_RE = re.compile(r"tether agent pid=(\d+) start=(\d+)")
@@ -101,8 +102,7 @@ def available_backends() -> list[str]:
     return [
         b
         for b in BACKENDS
-        if find_tool(f"iptables-{b}-save") is not None
-        and find_tool(f"iptables-{b}-restore") is not None
+        if find_tool(iptables_save(b)) is not None and find_tool(iptables_restore(b)) is not None
     ]
 
 
@@ -159,12 +159,12 @@ def run_tool(argv: list[str], stdin: str | None = None, what: str | None = None)
 def _save(backend: str) -> str:
     # Without -t: legacy iptables would instantiate a table it is asked to dump, which would
     # make it look "in use" to the next agent (and to the target's own tooling).
-    exe = find_tool(f"iptables-{backend}-save") or f"iptables-{backend}-save"
+    exe = find_tool(iptables_save(backend)) or iptables_save(backend)
     return run_tool([exe], what=f"reading the {backend} iptables rules")
 
 
 def _restore(backend: str, script: str, what: str) -> None:
-    exe = find_tool(f"iptables-{backend}-restore") or f"iptables-{backend}-restore"
+    exe = find_tool(iptables_restore(backend)) or iptables_restore(backend)
     run_tool([exe, "-w", "5", "--noflush"], stdin=script, what=what)
 
 

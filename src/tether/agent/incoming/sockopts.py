@@ -12,6 +12,7 @@ from collections.abc import Collection
 
 from tether.agent.incoming.redirect import BYPASS_MARK, RedirectError, find_tool, run_tool
 from tether.agent.netns import NetnsExecutor
+from tether.agent.programs import SS
 
 #: getsockopt(SOL_IP, SO_ORIGINAL_DST): the destination before NAT (linux/netfilter_ipv4.h).
 SO_ORIGINAL_DST = 80
@@ -50,7 +51,7 @@ def _ss_kill(port: int, keep_peers: list[tuple[str, int]]) -> int:
     for host, peer_port in keep_peers:
         # ss matches an IPv4 address against IPv4-mapped peers of IPv6 sockets too.
         expr += f" and not ( dst {_ss_address(host)}:{peer_port} )"
-    exe = find_tool("ss")
+    exe = find_tool(SS)
     if exe is None:
         raise RedirectError(
             f"cannot reset connections to port {port}: ss (iproute2) is not installed"

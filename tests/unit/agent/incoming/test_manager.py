@@ -26,6 +26,7 @@ import pytest
 from tests.unit.agent.incoming.http_peers import H1Client, H1Server, Reply, closed_port
 from tests.unit.agent.incoming.throwaway_netns import TARGET_ADDR, Netns, need_root, netns_pair
 from tests.unit.tunnel.test_tunnel import _pair
+from tether.agent.incoming import sockopts
 from tether.agent.incoming.manager import (
     MIRROR_QUEUE_LIMIT,
     IncomingManager,
@@ -33,6 +34,7 @@ from tether.agent.incoming.manager import (
     SessionRef,
     Subscription,
 )
+from tether.agent.incoming.redirect import RedirectError
 from tether.agent.netns import NetnsExecutor
 from tether.agent.server import Agent
 from tether.agent.target import Target
@@ -503,6 +505,43 @@ async def test_steal_start_resets_open_connections(world: World, reset: bool) ->
     # The agent's own connection to the app is spared either way.
     assert (await _request(relayed, "/r1")).server == "pod"
     assert (await world.ask()).server == "alice"
+
+
+@pytest.mark.root
+async def test_steal_without_ss_warns_and_keeps_the_port_serving(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent image without iproute2: resetting the open connections fails, the steal stands.
+    monkeypatch.setattr(sockopts, "find_tool", lambda name: None)
+    alice_app = await world.local_app("alice")
+    alice = await world.join("alice")
+    direct = await world.connect()
+    assert (await _request(direct, "/d0")).server == "pod"
+    await alice.subscribe(world.port, alice_app.port, mode="steal")
+    assert f"warning: port {world.port}: new connections are stolen, but the ones" in alice.output
+    assert "ss (iproute2) is not installed" in alice.output
+    assert world.port in alice.incoming.ports
+    # New connections reach the session; the one already open stays with the pod.
+    for _ in range(3):
+        assert (await world.ask()).server == "alice"
+    assert (await _request(direct, "/d1")).server == "pod"
+
+
+@pytest.mark.root
+async def test_a_port_that_cannot_be_redirected_leaves_no_rule(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(port: int, listen_port: int) -> None:
+        raise RedirectError("iptables-nft-restore exited with status 4: no nat table")
+
+    monkeypatch.setattr(world.manager.redirector, "add", refuse)
+    alice_app = await world.local_app("alice")
+    alice = await world.join("alice")
+    with pytest.raises(IncomingError, match=r"cannot redirect port \d+: .*no nat table"):
+        await alice.subscribe(world.port, alice_app.port, mode="steal")
+    assert "TETHER" not in world.iptables()
+    assert world.manager.ports == {}
+    assert (await world.ask()).server == "pod"
 
 
 # -- sessions leaving, the agent closing -------------------------------------------------------
