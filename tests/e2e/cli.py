@@ -36,14 +36,17 @@ def tether(
 
 
 def agent_objects(namespace: str) -> tuple[int, int]:
-    """(Jobs, pods) that tether created in `namespace` and that are not being deleted."""
+    """(Jobs, pods) that tether created in `namespace` and that are not being deleted; a Job's
+    Secret counts as a Job (it goes with it)."""
     out = kubectl(
-        "-n", namespace, "get", "jobs,pods", "-l", "app.kubernetes.io/name=tether-agent",
+        "-n", namespace, "get", "jobs,pods,secrets", "-l", "app.kubernetes.io/name=tether-agent",
         "-o", "json",
     )  # fmt: skip
     items = [i for i in json.loads(out)["items"] if not i["metadata"].get("deletionTimestamp")]
+    pods = sum(1 for i in items if i["kind"] == "Pod")
     jobs = sum(1 for i in items if i["kind"] == "Job")
-    return jobs, len(items) - jobs
+    secrets = len(items) - pods - jobs
+    return max(jobs, secrets), pods
 
 
 def wait_no_agent_objects(namespace: str, within: float = 30) -> tuple[int, int]:

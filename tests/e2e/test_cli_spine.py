@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ from tests.e2e.cli import (
     wait_no_agent_objects,
     wait_port,
 )
-from tests.e2e.kube import BUSYBOX_IMAGE, KUBECONFIG, kubectl, ready_pod
+from tests.e2e.kube import BUSYBOX_IMAGE, KUBECONFIG, REPO, kubectl, ready_pod
 
 ABSENT = "docker.io/tether/absent:0"
 FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
@@ -87,6 +88,28 @@ def test_port_forward_reaches_backend_by_short_name() -> None:
         assert sorted(str(a["path"]) for a in answers) == sorted(f"/{i}" for i in range(32))
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
+    assert wait_no_agent_objects("shop") == (0, 0)
+
+
+def test_the_session_secret_is_only_in_a_secret_owned_by_the_job() -> None:
+    port = free_port()
+    with background("port-forward", *FRONTEND, "-L", f"{port}:backend:80"):
+        wait_port(port)
+        assert http_get(port)["service"] == "backend"
+        selector = "app.kubernetes.io/name=tether-agent"
+        listed = kubectl("-n", "shop", "get", "jobs", "-l", selector, "-o", "json")
+        (job,) = json.loads(listed)["items"]
+        name = job["metadata"]["name"]
+        pods = kubectl("-n", "shop", "get", "pods", "-l", f"job-name={name}", "-o", "json")
+        secret = json.loads(kubectl("-n", "shop", "get", "secret", name, "-o", "json"))
+        value = base64.b64decode(secret["data"]["secret"]).decode()
+        assert len(value) >= 32
+        for spec in (json.dumps(job), pods):
+            assert value not in spec
+            assert secret["data"]["secret"] not in spec
+        (owner,) = secret["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("Job", name, job["metadata"]["uid"])
+    # The Secret went with its Job.
     assert wait_no_agent_objects("shop") == (0, 0)
 
 
@@ -156,27 +179,37 @@ def test_errors_are_one_line_and_leave_nothing(scratch_ns: str, tmp_path: Path) 
 
 def _limited_kubeconfig(namespace: str, path: Path) -> None:
     """A kubeconfig for a service account that may read pods and deployments, nothing else."""
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "reader", "namespace": namespace},
-        "rules": [
+    _kubeconfig_for_role(
+        namespace,
+        [
             {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
             {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"],
              "verbs": ["get", "list"]},
         ],
-    }  # fmt: skip
+        path,
+    )  # fmt: skip
+
+
+def _kubeconfig_for_role(namespace: str, rules: list[dict[str, Any]], path: Path) -> None:
+    """Write a kubeconfig for a new service account bound to a Role of exactly `rules`."""
+    name = f"limited-{secrets.token_hex(3)}"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": rules,
+    }
     kubectl("apply", "-f", "-", input=json.dumps(role))
-    kubectl("-n", namespace, "create", "serviceaccount", "limited")
+    kubectl("-n", namespace, "create", "serviceaccount", name)
     kubectl(
-        "-n", namespace, "create", "rolebinding", "limited", "--role=reader",
-        f"--serviceaccount={namespace}:limited",
+        "-n", namespace, "create", "rolebinding", name, f"--role={name}",
+        f"--serviceaccount={namespace}:{name}",
     )  # fmt: skip
     token = ""
     deadline = time.monotonic() + 30
     while not token and time.monotonic() < deadline:
         secret_name = kubectl(
-            "-n", namespace, "get", "sa", "limited", "-o", "jsonpath={.secrets[0].name}"
+            "-n", namespace, "get", "sa", name, "-o", "jsonpath={.secrets[0].name}"
         )  # fmt: skip
         if secret_name:
             token = kubectl(
@@ -187,20 +220,63 @@ def _limited_kubeconfig(namespace: str, path: Path) -> None:
     admin = KUBECONFIG.read_text()
 
     conf = yaml.safe_load(admin)
-    conf["users"] = [{"name": "limited", "user": {"token": base64.b64decode(token).decode()}}]
-    conf["contexts"][0]["context"]["user"] = "limited"
+    conf["users"] = [{"name": name, "user": {"token": base64.b64decode(token).decode()}}]
+    conf["contexts"][0]["context"]["user"] = name
     path.write_text(yaml.safe_dump(conf))
 
 
-def test_rbac_forbidden_is_one_line_and_leaves_nothing(scratch_ns: str, tmp_path: Path) -> None:
+README_ROLE = yaml.safe_load((REPO / "examples" / "rbac" / "tether-user.yaml").read_text())
+
+
+def _app_deployment(namespace: str) -> None:
     kubectl(
-        "-n", scratch_ns, "create", "deployment", "app", f"--image={BUSYBOX_IMAGE}",
+        "-n", namespace, "create", "deployment", "app", f"--image={BUSYBOX_IMAGE}",
         "--", "sleep", "3600",
     )  # fmt: skip
-    kubectl("-n", scratch_ns, "patch", "deployment", "app", "--type=json", "-p",
+    kubectl("-n", namespace, "patch", "deployment", "app", "--type=json", "-p",
             '[{"op": "add", "path": "/spec/template/spec/containers/0/imagePullPolicy",'
             ' "value": "Never"}]')  # fmt: skip
-    kubectl("-n", scratch_ns, "rollout", "status", "deployment/app", "--timeout=90s", timeout=100)
+    kubectl("-n", namespace, "rollout", "status", "deployment/app", "--timeout=90s", timeout=100)
+
+
+def test_a_session_works_with_exactly_the_readme_role(scratch_ns: str, tmp_path: Path) -> None:
+    _app_deployment(scratch_ns)
+    kubeconfig = tmp_path / "role.kubeconfig"
+    _kubeconfig_for_role(scratch_ns, README_ROLE["rules"], kubeconfig)
+    target = ["-t", "deployment/app", "-n", scratch_ns, "--kubeconfig", str(kubeconfig), *AGENT]
+    assert tether("ls", "-n", scratch_ns, "--kubeconfig", str(kubeconfig)).returncode == 0
+    proc = tether("env", *target)
+    assert proc.returncode == 0, proc.stderr
+    assert "HOSTNAME=app-" in proc.stdout
+    # A second session joins the first one's agent: it reads the Secret, never the Job spec.
+    port = free_port()
+    with background("port-forward", *target, "-L", f"{port}:backend.shop:80"):
+        wait_port(port)
+        joined = tether("env", *target, "-v")
+        assert joined.returncode == 0, joined.stderr
+        assert "joined job" in joined.stderr
+        assert http_get(port)["service"] == "backend"
+    assert wait_no_agent_objects(scratch_ns) == (0, 0)
+
+
+def test_without_a_verb_of_the_role_the_error_names_it(scratch_ns: str, tmp_path: Path) -> None:
+    _app_deployment(scratch_ns)
+    rules = [dict(rule) for rule in README_ROLE["rules"]]
+    for rule in rules:
+        if rule["resources"] == ["secrets"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    kubeconfig = tmp_path / "less.kubeconfig"
+    _kubeconfig_for_role(scratch_ns, rules, kubeconfig)
+    proc = tether(
+        "env", "-t", "deployment/app", "-n", scratch_ns, "--kubeconfig", str(kubeconfig), *AGENT
+    )
+    one_line_error(proc, "forbidden", "patch secrets")
+    # The Job and the Secret made before the refusal are gone again.
+    assert wait_no_agent_objects(scratch_ns) == (0, 0)
+
+
+def test_rbac_forbidden_is_one_line_and_leaves_nothing(scratch_ns: str, tmp_path: Path) -> None:
+    _app_deployment(scratch_ns)
     kubeconfig = tmp_path / "limited.kubeconfig"
     _limited_kubeconfig(scratch_ns, kubeconfig)
     proc = tether(

@@ -313,13 +313,12 @@ async def test_agent_job_lifecycle() -> None:
         target = await resolve_target(kc, parse_target("deployment/frontend"), "shop")
         manifest = agent_job_manifest(
             session_id=session,
-            secret=new_secret(),
             agent=agent,
             target=target,
             command=["python3", "-c", READY_SCRIPT],
         )
         assert _session_objects("shop", session) == (0, 0)
-        handle = await start_agent_job(kc, manifest)
+        handle = await start_agent_job(kc, manifest, new_secret())
         try:
             pod_name = await wait_agent_ready(kc, handle, 60, phases.append)
             assert _session_objects("shop", session) == (1, 1)
@@ -341,7 +340,6 @@ def _stand_in(session: str, agent: AgentConfig, script: str) -> dict[str, object
     """A targetless agent Job in shop running `script` instead of the agent."""
     return agent_job_manifest(
         session_id=session,
-        secret=new_secret(),
         agent=agent,
         target=None,
         namespace="shop",
@@ -354,7 +352,7 @@ async def test_delete_survives_cancellation() -> None:
     agent = AgentConfig(image=PYTHON_IMAGE, image_pull_policy="Never")
     async with cluster() as kc:
         manifest = _stand_in(session, agent, READY_SCRIPT)
-        handle = await start_agent_job(kc, manifest)
+        handle = await start_agent_job(kc, manifest, new_secret())
         try:
             deleting = asyncio.create_task(delete_agent_job(kc, handle))
             await asyncio.sleep(0)
@@ -372,10 +370,8 @@ async def test_agent_image_absent() -> None:
     agent = AgentConfig(image="docker.io/tether/does-not-exist:0", image_pull_policy="Never")
     async with cluster() as kc:
         target = await resolve_target(kc, parse_target("deployment/backend"), "shop")
-        manifest = agent_job_manifest(
-            session_id=session, secret=new_secret(), agent=agent, target=target
-        )
-        handle = await start_agent_job(kc, manifest)
+        manifest = agent_job_manifest(session_id=session, agent=agent, target=target)
+        handle = await start_agent_job(kc, manifest, new_secret())
         started = time.monotonic()
         try:
             with pytest.raises(AgentImageError) as info:
@@ -401,7 +397,7 @@ async def test_agent_failing_before_ready_shows_its_log() -> None:
     script = "import sys; print('agent: cannot enter container'); sys.exit(3)"
     async with cluster() as kc:
         manifest = _stand_in(session, agent, script)
-        handle = await start_agent_job(kc, manifest)
+        handle = await start_agent_job(kc, manifest, new_secret())
         try:
             with pytest.raises(AgentFailedError) as info:
                 await wait_agent_ready(kc, handle, 60)
@@ -419,13 +415,12 @@ async def test_agent_timeout_names_the_setting() -> None:
     async with cluster() as kc:
         manifest = agent_job_manifest(
             session_id=session,
-            secret=new_secret(),
             agent=agent,
             target=None,
             namespace="shop",
             command=["python3", "-c", "import time; print('not ready yet'); time.sleep(600)"],
         )
-        handle = await start_agent_job(kc, manifest)
+        handle = await start_agent_job(kc, manifest, new_secret())
         try:
             with pytest.raises(AgentTimeoutError) as info:
                 await wait_agent_ready(kc, handle, 4)
@@ -464,13 +459,12 @@ async def test_agent_job_that_cannot_create_its_pod() -> None:
         async with cluster() as kc:
             manifest = agent_job_manifest(
                 session_id=new_session_id(),
-                secret=new_secret(),
                 agent=AgentConfig(image=PYTHON_IMAGE, image_pull_policy="Never"),
                 target=None,
                 namespace=ns,
                 command=["python3", "-c", READY_SCRIPT],
             )
-            handle = await start_agent_job(kc, manifest)
+            handle = await start_agent_job(kc, manifest, new_secret())
             try:
                 with pytest.raises(AgentFailedError) as info:
                     await wait_agent_ready(kc, handle, 30)

@@ -1,10 +1,15 @@
 """File access inside a container's root filesystem that never escapes it.
 
-The root is usually /proc/PID/root. Walking a path through it with the kernel would resolve
-absolute symlinks and `..` against the agent's root (the host), so paths are resolved here one
-component at a time: absolute symlink targets restart at the container root and `..` stops there.
-Errors are OSError with the errno a process in the container would see, naming the in-container
-path, never the host path.
+The root is usually /proc/PID/root, opened once as an O_PATH fd. The kernel resolves every path
+under it with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): absolute symlinks restart at the
+container's root, `..` stops there, /proc magic links are refused, and a symlink the container
+renames over a directory mid-lookup cannot lead onto the node (a user-space walk followed by a
+path-based syscall always could: the kernel walks that path again from the node's root).
+Operations on a final name (mkdir, unlink, rename, ...) resolve its parent directory that way
+and act on the bare name with the *at syscalls, which never follow it. Errors are OSError with
+the errno a process in the container would see, naming the in-container path, never the host's.
+Needs Linux 5.6 (openat2; 5.8 for access, faccessat2); older kernels get ENOSYS, no fallback.
+`RootFS.resolve`, the old user-space walk, is the one exception, left for resolver.py only.
 """
 
 from __future__ import annotations
@@ -14,13 +19,34 @@ import errno
 import os
 import stat as stat_mod
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-MAX_SYMLINKS = 40  # Linux's limit on symlinks followed in one lookup
+from tether.agent.openat2 import (
+    AT_EMPTY_PATH,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    faccessat2,
+    open_how,
+    openat2,
+)
+
 MAX_HANDLES = 1024
 MAX_READ = 4 << 20
+
+_RESOLVE: Final = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+
+# What the kernel answers when the final component is not a plain name: the root ("/"), "."
+# or "..". These calls never act on such a component, and neither do we.
+_NOT_A_NAME: Final[dict[str, tuple[int, int, int]]] = {
+    "unlink": (errno.EISDIR, errno.EISDIR, errno.EISDIR),
+    "rmdir": (errno.EBUSY, errno.EINVAL, errno.ENOTEMPTY),
+    "mkdir": (errno.EEXIST, errno.EEXIST, errno.EEXIST),
+    "rename": (errno.EBUSY, errno.EBUSY, errno.EBUSY),
+}
 
 _STAT_FIELDS = (
     "st_mode",
@@ -48,6 +74,32 @@ def stat_dict(st: os.stat_result) -> dict[str, int]:
     return {name: int(getattr(st, name)) for name in _STAT_FIELDS}
 
 
+def split_final(path: str) -> tuple[str, str]:
+    """`path` as (its parent directory, its final component), for the *at syscalls.
+
+    The parent is "/" when the path has none (relative paths start at the root too). A
+    trailing slash stays on the final component as a single "/": the *at calls then insist on
+    a directory, as they would for the whole path, without following a symlink there. The
+    final component of the root itself is "".
+    """
+    trimmed = path.rstrip("/")
+    head, _, name = trimmed.rpartition("/")
+    return head or "/", name + "/" if name and trimmed != path else name
+
+
+def final_name_error(op: str, name: str) -> int | None:
+    """The errno `op` fails with on final component `name`; None for a name it may act on.
+
+    `op` is "mkdir", "unlink", "rmdir" or "rename"; the errors are the kernel's own for a
+    path ending in "/", "." or "..".
+    """
+    bare = name.removesuffix("/")
+    if "/" in bare or "\0" in bare:
+        return errno.EINVAL  # split_final never makes one: the *at call must not walk
+    specials = ("", ".", "..")
+    return _NOT_A_NAME[op][specials.index(bare)] if bare in specials else None
+
+
 @contextlib.contextmanager
 def _in_container(path: str, path2: str | None = None) -> Iterator[None]:
     """Report errors with the in-container path(s) instead of the host's."""
@@ -61,6 +113,14 @@ def _in_container(path: str, path2: str | None = None) -> Iterator[None]:
         raise OSError(e.errno, e.strerror, path, None, path2) from None
 
 
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class _Handle:
     fd: int
@@ -70,8 +130,11 @@ class _Handle:
 class RootFS:
     """File operations on absolute in-container paths (relative ones start at the root too).
 
-    Calls block on the filesystem: run them off the event loop. Open files are tracked as
-    handle ids (at most `max_handles`, then EMFILE); `close_all()` releases them.
+    The root is opened when the RootFS is made and kept until it is garbage collected, so it
+    stays the same directory even if its path (a PID's) comes to mean another one; if it
+    cannot be opened, every operation fails with that error. Calls block on the filesystem:
+    run them off the event loop. Open files are tracked as handle ids (at most `max_handles`,
+    then EMFILE); `close_all()` releases them.
     """
 
     def __init__(self, root: Path, max_handles: int = MAX_HANDLES) -> None:
@@ -80,69 +143,69 @@ class RootFS:
         self._handles: dict[int, _Handle] = {}
         self._next_handle = 1
         self._lock = threading.Lock()
+        self._root_fd: int | None = None
+        self._root_errno = 0
+        try:
+            # Following /proc/PID/root (a magic link) here is the point: it leads to the
+            # container's root, in its mount namespace.
+            self._root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            self._root_errno = e.errno or errno.ENOENT
+        else:
+            weakref.finalize(self, os.close, self._root_fd)
 
-    def resolve(self, path: str, follow_final: bool = True) -> Path:
-        """The host-side path of in-container `path`, following symlinks inside the root.
+    def _lookup(self, path: str, flags: int, mode: int = 0, shown: str | None = None) -> int:
+        """A new fd for `path` resolved inside the root; errors name `shown` (or `path`)."""
+        shown = path if shown is None else shown
+        if self._root_fd is None:
+            code = self._root_errno
+            raise OSError(code, f"{os.strerror(code)} (the root {self.root})", shown)
+        with _in_container(shown):
+            return openat2(self._root_fd, path or "/", flags | os.O_CLOEXEC, mode, _RESOLVE)
 
-        A missing final component is fine (the path may be about to be created); a missing
-        directory on the way is ENOENT, a non-directory on the way ENOTDIR, more than 40
-        symlinks ELOOP. A trailing slash makes the final component a directory to follow.
+    def _parent(self, path: str, op: str) -> tuple[int, str]:
+        """An O_PATH fd of `path`'s parent (the caller closes it) and the name to act on."""
+        parent, name = split_final(path)
+        # The parent first, as the kernel does: "/missing/.." is ENOENT, not EEXIST.
+        fd = self._lookup(parent, os.O_PATH | os.O_DIRECTORY, shown=path)
+        code = final_name_error(op, name)
+        if code is not None:
+            os.close(fd)
+            raise _error(code, path)
+        return fd, name
+
+    def open_fd(self, path: str, flags: int, mode: int = 0o666) -> int:
+        """open(2) of `path` inside the root: a raw close-on-exec fd the caller must close."""
+        # O_NOCTTY: a terminal the container leaves at the path must not become the agent's.
+        how_flags, how_mode = open_how(flags | os.O_CLOEXEC | os.O_NOCTTY, mode)
+        return self._lookup(path, how_flags, how_mode)
+
+    def read_file(self, path: str, limit: int = MAX_READ) -> bytes:
+        """Up to `limit` bytes of the regular file at `path` (EINVAL for anything else).
+
+        O_NONBLOCK and the check keep a FIFO or device the container put there from blocking
+        or feeding the agent forever.
         """
-        if "\0" in path:
-            raise _error(errno.EINVAL, path)
-        todo = path.split("/")[::-1]  # a stack: the next component is last
-        done: list[str] = []
-        links = 0
-        while todo:
-            name = todo.pop()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if done:
-                    done.pop()
-                continue
-            host = self.root.joinpath(*done, name)
-            try:
-                st = os.lstat(host)
-            except FileNotFoundError:
-                if any(todo):
-                    raise _error(errno.ENOENT, path) from None
-                return host
-            except OSError as e:
-                raise OSError(e.errno, e.strerror, path) from None
-            if stat_mod.S_ISLNK(st.st_mode) and (todo or follow_final):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise _error(errno.ELOOP, path)
-                with _in_container(path):
-                    # Path.readlink() would normalise the target ("a/" or "a//b").
-                    target = os.readlink(host)  # noqa: PTH115
-                if not target:
-                    raise _error(errno.ENOENT, path)
-                if target.startswith("/"):
-                    done = []
-                todo.extend(reversed(target.split("/")))
-                continue
-            if todo and not stat_mod.S_ISDIR(st.st_mode):
-                raise _error(errno.ENOTDIR, path)
-            done.append(name)
-        return self.root.joinpath(*done)
-
-    def _follow_root(self, host: Path) -> bool:
-        # Only the root itself may be a symlink we pass to the kernel: /proc/PID/root is one.
-        return host == self.root
+        with _closing(self.open_fd(path, os.O_RDONLY | os.O_NONBLOCK)) as fd:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                raise _error(errno.EINVAL, path)
+            return os.pread(fd, limit, 0)
 
     def stat(self, path: str, follow: bool = True) -> dict[str, int]:
         """stat(2) (lstat(2) with `follow=False`) as a dict of `os.stat_result` fields."""
-        host = self.resolve(path, follow)
-        with _in_container(path):
-            return stat_dict(host.stat(follow_symlinks=self._follow_root(host)))
+        # O_PATH|O_NOFOLLOW gives the symlink itself (a trailing slash still follows it).
+        flags = os.O_PATH | (0 if follow else os.O_NOFOLLOW)
+        with _closing(self._lookup(path, flags)) as fd:
+            return stat_dict(os.fstat(fd))
 
     def listdir(self, path: str) -> list[tuple[str, int, int]]:
         """(name, file type as in dirent's d_type, inode) per entry, without "." and ".."."""
-        host = self.resolve(path)
         entries: list[tuple[str, int, int]] = []
-        with _in_container(path), os.scandir(host) as it:
+        with (
+            _closing(self._lookup(path, os.O_RDONLY | os.O_DIRECTORY)) as fd,
+            _in_container(path),
+            os.scandir(fd) as it,  # entries are then stat'ed relative to the fd
+        ):
             for entry in it:
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -154,23 +217,19 @@ class RootFS:
 
     def readlink(self, path: str) -> str:
         """The target of the symlink at `path`, as stored (EINVAL if not a symlink)."""
-        host = self.resolve(path, follow_final=False)
-        with _in_container(path):
-            return os.readlink(host)  # noqa: PTH115 (the target as stored, not normalised)
+        with _closing(self._lookup(path, os.O_PATH | os.O_NOFOLLOW)) as fd, _in_container(path):
+            # readlinkat(fd, "") reads the link an O_PATH fd holds, but says ENOENT, not
+            # readlink(2)'s EINVAL, for anything else.
+            if not stat_mod.S_ISLNK(os.fstat(fd).st_mode):
+                raise _error(errno.EINVAL, path)
+            return os.readlink("", dir_fd=fd)
 
     def open(self, path: str, flags: int, mode: int = 0o666) -> int:
         """open(2) with `flags`/`mode`; returns a handle id for read/write/fstat/close."""
         with self._lock:
             if len(self._handles) >= self.max_handles:
                 raise _error(errno.EMFILE, path)
-        creating_excl = flags & os.O_CREAT and flags & os.O_EXCL
-        follow = not (flags & os.O_NOFOLLOW or creating_excl)
-        host = self.resolve(path, follow)
-        # The final component is resolved already: O_NOFOLLOW keeps a symlink swapped in
-        # since then from leading out of the root.
-        extra = os.O_CLOEXEC | os.O_NOCTTY | (0 if self._follow_root(host) else os.O_NOFOLLOW)
-        with _in_container(path):
-            fd = os.open(host, flags | extra, mode)
+        fd = self.open_fd(path, flags, mode)
         with self._lock:
             if len(self._handles) >= self.max_handles:
                 os.close(fd)
@@ -230,42 +289,38 @@ class RootFS:
 
     def unlink(self, path: str) -> None:
         """Remove a non-directory entry (a symlink itself, not its target)."""
-        host = self.resolve(path, follow_final=False)
-        if host == self.root:
-            raise _error(errno.EISDIR, path)
-        with _in_container(path):
-            host.unlink()
+        fd, name = self._parent(path, "unlink")
+        with _closing(fd), _in_container(path):
+            os.unlink(name, dir_fd=fd)
 
     def mkdir(self, path: str, mode: int = 0o777) -> None:
         """Create a directory (EEXIST if anything, even a dangling symlink, is there)."""
-        host = self.resolve(path, follow_final=False)
-        if host == self.root:
-            raise _error(errno.EEXIST, path)
-        with _in_container(path):
-            host.mkdir(mode)
+        fd, name = self._parent(path, "mkdir")
+        with _closing(fd), _in_container(path):
+            os.mkdir(name, mode, dir_fd=fd)
 
     def rmdir(self, path: str) -> None:
         """Remove an empty directory."""
-        host = self.resolve(path, follow_final=False)
-        if host == self.root:
-            raise _error(errno.EBUSY, path)
-        with _in_container(path):
-            host.rmdir()
+        fd, name = self._parent(path, "rmdir")
+        with _closing(fd), _in_container(path):
+            os.rmdir(name, dir_fd=fd)
 
     def rename(self, old: str, new: str) -> None:
         """rename(2) within the root; neither final component is followed."""
-        old_host = self.resolve(old, follow_final=False)
-        new_host = self.resolve(new, follow_final=False)
-        if self.root in (old_host, new_host):
-            raise _error(errno.EBUSY, old)
-        with _in_container(old, new):
-            old_host.rename(new_host)
+        old_fd, old_name = self._parent(old, "rename")
+        with _closing(old_fd):
+            new_fd, new_name = self._parent(new, "rename")
+            with _closing(new_fd), _in_container(old, new):
+                os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
 
     def access(self, path: str, mode: int) -> None:
         """access(2) with the agent's credentials: ENOENT if missing, EACCES if denied."""
-        host = self.resolve(path)
-        follow = self._follow_root(host)
-        with _in_container(path):
-            host.stat(follow_symlinks=follow)
-        if not os.access(host, mode, follow_symlinks=follow):
-            raise _error(errno.EACCES, path)
+        with _closing(self._lookup(path, os.O_PATH)) as fd:
+            try:
+                # The kernel's own check, with access(2)'s real ids, on the inode just
+                # resolved: no second lookup by name.
+                faccessat2(fd, "", mode, AT_EMPTY_PATH)
+            except OSError as e:
+                if e.errno == errno.ENOSYS:
+                    raise OSError(e.errno, e.strerror, path) from None
+                raise _error(errno.EACCES, path) from None

@@ -97,7 +97,7 @@ class Operations:
 
     async def op_hostname(self, args: dict[str, Any]) -> dict[str, Any]:
         try:
-            name = self.fs.resolve("/etc/hostname").read_text().strip()
+            name = self.fs.read_file("/etc/hostname", 4096).decode(errors="replace").strip()
         except OSError:
             name = ""
         return {"hostname": name or os.uname().nodename}

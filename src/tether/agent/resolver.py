@@ -159,9 +159,9 @@ class _Watched(Generic[T]):
 
     def get(self) -> T:
         # O_NONBLOCK and the S_ISREG check: the container could make it a FIFO or /dev/zero.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(self._fs.resolve(self._path), flags)
+            # Resolved in the kernel, inside the container's root (RootFS.open_fd).
+            fd = self._fs.open_fd(self._path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return self._update(None, "")
         try:

@@ -18,7 +18,7 @@ from tether.agent.incoming.manager import IncomingManager, SessionRef
 from tether.agent.netns import NetnsExecutor
 from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
-from tether.agent.target import Target
+from tether.agent.target import Target, host_network_refusal
 from tether.protocol import Connection, Role
 from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
 from tether.tunnel.datagrams import relay_datagrams
@@ -38,7 +38,11 @@ class Agent:
         self.idle_timeout = idle_timeout
         self.executor = NetnsExecutor(target.netns_path)
         self.resolver = PodResolver(target.root, self.executor)
-        self.incoming = IncomingManager(self.executor) if target.netns_path else None
+        self.incoming = (
+            IncomingManager(self.executor, refusal=host_network_refusal(target))
+            if target.netns_path
+            else None
+        )
         self.sessions: set[Tunnel] = set()
         self._leaving: set[Tunnel] = set()
         self._session_keys = itertools.count(1)

@@ -51,6 +51,33 @@ def same_netns(a: Target, b: Target) -> bool:
         return False
 
 
+def _netns_id(pid: int | str, proc: Path) -> str | None:
+    try:
+        return str((proc / str(pid) / "ns" / "net").readlink())  # e.g. "net:[4026531840]"
+    except OSError:
+        return None
+
+
+def host_network_refusal(target: Target, proc: Path = Path("/proc")) -> str | None:
+    """Why the agent must not redirect `target`'s ports, or None if it may.
+
+    The agent runs with hostPID, so PID 1 is the node's init: a target in PID 1's network
+    namespace is a hostNetwork pod (or a PID scan gone wrong, such as a runtime's monitor
+    process), and rules there would redirect the node's own traffic.
+    """
+    if target.pid is None:
+        return None
+    mine, host = _netns_id(target.pid, proc), _netns_id(1, proc)
+    if mine is None:
+        return f"cannot read the target process's network namespace ({proc}/{target.pid}/ns/net)"
+    if mine == host:
+        return (
+            "the target shares the node's network namespace (a hostNetwork pod): tether does"
+            " not redirect the node's own ports; mirror and steal need a pod network target"
+        )
+    return None
+
+
 def _bare_id(container_id: str) -> str:
     bare = container_id.rpartition("://")[2]
     if not _ID_RE.fullmatch(bare):
@@ -59,9 +86,11 @@ def _bare_id(container_id: str) -> str:
 
 
 def _matches(cgroup_text: str, names: frozenset[str]) -> bool:
-    for line in cgroup_text.splitlines():
-        path = line.split(":", 2)[-1]
-        if not names.isdisjoint(path.split("/")):
+    # One "ID:CONTROLLERS:PATH" line per hierarchy (cgroup(7)). Only "\n" ends a line: a
+    # cgroup name may hold any other byte but "/", so a piece of one is no line of its own.
+    for line in cgroup_text.split("\n"):
+        fields = line.split(":", 2)
+        if len(fields) == 3 and not names.isdisjoint(fields[2].split("/")):
             return True
     return False
 
@@ -69,7 +98,8 @@ def _matches(cgroup_text: str, names: frozenset[str]) -> bool:
 def _start_time(pid_dir: Path) -> int:
     """Field 22 of /proc/PID/stat (clock ticks after boot); huge if unreadable."""
     try:
-        stat = (pid_dir / "stat").read_text()
+        # Names in /proc are bytes, not necessarily UTF-8 (a command name can be anything).
+        stat = (pid_dir / "stat").read_text(encoding="utf-8", errors="surrogateescape")
         # The command name (field 2) may contain spaces and parentheses: split after the last ")".
         return int(stat.rpartition(")")[2].split()[19])
     except (OSError, ValueError, IndexError):
@@ -97,7 +127,8 @@ def find_container_pid(container_id: str, proc: Path = Path("/proc")) -> int:
     for pid in entries:
         pid_dir = proc / str(pid)
         try:
-            text = (pid_dir / "cgroup").read_text()
+            # Bytes, not text mode: universal newlines would make a "\r" in a name a line end.
+            text = (pid_dir / "cgroup").read_bytes().decode("utf-8", "surrogateescape")
         except OSError:  # the process exited while we scanned
             continue
         if _matches(text, names):

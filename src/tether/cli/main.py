@@ -72,13 +72,20 @@ def run_async(main: Awaitable[int], *, cancel_on_signals: bool = True) -> int:
     async def wrapper() -> int:
         task = asyncio.ensure_future(main)
         loop = asyncio.get_running_loop()
+        caught: list[int] = []
+
+        def stop(sig: int) -> None:
+            caught.append(sig)
+            task.cancel()
+
         if cancel_on_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, task.cancel)
+                loop.add_signal_handler(sig, stop, sig)
         try:
             return await task
         except asyncio.CancelledError:
-            return 130
+            # 128 + the signal, as shells and kubectl report it (143 for SIGTERM).
+            return 128 + (caught[0] if caught else signal.SIGINT)
 
     try:
         return asyncio.run(wrapper())

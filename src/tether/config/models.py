@@ -48,6 +48,12 @@ class AgentConfig(BaseModel):
         ge=0,
         description="Seconds Kubernetes keeps the finished agent Job before deleting it.",
     )
+    max_lifetime: int = Field(
+        default=86400,
+        ge=60,
+        description="Hard cap, in seconds, on the agent Job's life (activeDeadlineSeconds), "
+        "whatever its sessions do: a stuck agent cannot outlive it.",
+    )
     privileged: bool = Field(
         default=False,
         description="Run the agent container privileged (only if added capabilities are not "

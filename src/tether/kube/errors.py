@@ -8,7 +8,9 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-RBAC_HINT = "ask for RBAC: create/delete jobs, get pods, create pods/portforward"
+RBAC_HINT = (
+    "ask for the minimal Role in the README's RBAC section, which lists every verb a session uses"
+)
 
 
 class KubeError(Exception):
@@ -47,7 +49,11 @@ class TargetNotFoundError(NotFoundError):
 
 
 class AlreadyExistsError(KubeError):
-    """Creating an object that exists already (409)."""
+    """Creating an object that exists already (409); `resource` says of which kind."""
+
+    def __init__(self, message: str, resource: str = "") -> None:
+        super().__init__(message)
+        self.resource = resource
 
 
 class ApiError(KubeError):
@@ -144,7 +150,7 @@ def error_for_status(status: int, body: Any, op: Operation, server: str = "") ->
     if status == 409:
         named = f' "{op.name}"' if op.name else ""
         return AlreadyExistsError(
-            f"{op.resource}{named} already exists{op.where()} (delete it or retry)"
+            f"{op.resource}{named} already exists{op.where()} (delete it or retry)", op.resource
         )
     return ApiError(f"cannot {op.verb} {op.resource}{op.where()}: HTTP {status}{detail}")
 

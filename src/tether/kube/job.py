@@ -1,11 +1,13 @@
 """The agent Job: its manifest, starting it, waiting for the agent's ready line, removing it."""
 
 import asyncio
+import base64
 import contextlib
+import functools
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +55,14 @@ POD_POLL = 0.05
 EVENT_POLL = 0.5
 DELETE_GRACE = 10.0
 _EPOCH = datetime.min.replace(tzinfo=UTC)
+# The session secret: a Secret named like its Job, under this key, given to the agent as this
+# variable. Never a plain value in the Job: anyone who may `get jobs` could read it there.
+SECRET_KEY = "secret"
+SECRET_ENV = "TETHER_SECRET"
+# A Secret without an owner Job older than this is a leftover of a session killed between
+# creating it and its Job; a younger one is another session's start in progress.
+ORPHAN_SECRET_AGE = 30.0
+JOIN_RETRY = 0.2
 
 PhaseCallback = Callable[[str], None]
 
@@ -109,7 +119,6 @@ def _label_value(text: str) -> str:
 def agent_job_manifest(
     *,
     session_id: str,
-    secret: str,
     agent: AgentConfig,
     target: ResolvedTarget | None,
     namespace: str | None = None,
@@ -147,7 +156,12 @@ def agent_job_manifest(
         "image": agent.image,
         "command": list(command if command is not None else DEFAULT_COMMAND),
         "args": args,
-        "env": [{"name": "TETHER_SECRET", "value": secret}],
+        "env": [
+            {
+                "name": SECRET_ENV,
+                "valueFrom": {"secretKeyRef": {"name": name, "key": SECRET_KEY}},
+            }
+        ],
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
     }
     if agent.image_pull_policy is not None:
@@ -178,32 +192,118 @@ def agent_job_manifest(
         "metadata": metadata,
         "spec": {
             "backoffLimit": 0,
+            "activeDeadlineSeconds": agent.max_lifetime,
             "ttlSecondsAfterFinished": agent.ttl_seconds_after_finished,
             "template": {"metadata": pod_metadata, "spec": pod_spec},
         },
     }
 
 
-async def start_agent_job(kc: KubeClient, manifest: dict[str, Any]) -> AgentHandle:
-    """Create the Job from `agent_job_manifest`.
+def agent_secret_manifest(job: dict[str, Any], secret: str) -> dict[str, Any]:
+    """The v1 Secret holding the session secret of the Job `job` (from agent_job_manifest):
+    same name, namespace and labels; its owner reference is added once the Job exists."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(meta["labels"]),
+        },
+        "type": "Opaque",
+        "data": {SECRET_KEY: base64.b64encode(secret.encode()).decode()},
+    }
 
-    Raises ForbiddenError (RBAC), NamespaceNotFoundError, AlreadyExistsError.
-    """
+
+def owner_reference(job_name: str, job_uid: str) -> dict[str, Any]:
+    """An ownerReference to the agent Job: the garbage collector deletes the Secret with it."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": job_name,
+        "uid": job_uid,
+        "blockOwnerDeletion": False,
+    }
+
+
+def job_secret_name(job: Any) -> str | None:
+    """The name of the Secret the Job's agent container takes its session secret from."""
+    for container in job.spec.template.spec.containers or []:
+        for var in container.env or []:
+            ref = var.value_from.secret_key_ref if var.value_from is not None else None
+            if var.name == SECRET_ENV and ref is not None and ref.name:
+                return str(ref.name)
+    return None
+
+
+def secret_value(secret: Any) -> str | None:
+    """The session secret in a Secret read from the API (None if it holds none)."""
+    encoded = (secret.data or {}).get(SECRET_KEY)
+    if not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+async def _create_secret(kc: KubeClient, manifest: dict[str, Any]) -> None:
     meta = manifest["metadata"]
     namespace, name = str(meta["namespace"]), str(meta["name"])
-    op = Operation("create", "jobs.batch", namespace, name)
+    op = Operation("create", "secrets", namespace, name)
     try:
-        job = await kc.call(kc.batch.create_namespaced_job(namespace, manifest), op)
+        await kc.call(kc.core.create_namespaced_secret(namespace, manifest), op)
     except NotFoundError:
         raise NamespaceNotFoundError(
             f'namespace "{namespace}" for the agent Job not found'
             " (set agent.namespace or --namespace to an existing one)"
         ) from None
+
+
+async def _delete_secret(kc: KubeClient, namespace: str, name: str) -> None:
+    with contextlib.suppress(NotFoundError):
+        await kc.call(
+            kc.core.delete_namespaced_secret(name, namespace),
+            Operation("delete", "secrets", namespace, name),
+        )
+
+
+async def start_agent_job(kc: KubeClient, manifest: dict[str, Any], secret: str) -> AgentHandle:
+    """Create the Job from `agent_job_manifest` and the Secret its agent reads `secret` from.
+
+    The Secret comes first, so the agent pod never waits for it; it is then owned by the Job
+    (deleted with it). If the Job cannot be created, the Secret is deleted again.
+    Raises ForbiddenError (RBAC), NamespaceNotFoundError, AlreadyExistsError (of the Secret
+    or the Job: another session is starting or running this agent).
+    """
+    meta = manifest["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    await _create_secret(kc, agent_secret_manifest(manifest, secret))
+    op = Operation("create", "jobs.batch", namespace, name)
+    uid: str | None = None
+    try:
+        job = await kc.call(kc.batch.create_namespaced_job(namespace, manifest), op)
+        uid = str(job.metadata.uid)
+        await kc.call(
+            kc.core.patch_namespaced_secret(
+                name, namespace, {"metadata": {"ownerReferences": [owner_reference(name, uid)]}}
+            ),
+            Operation("patch", "secrets", namespace, name),
+        )
+    except BaseException:
+        # Nothing of a start that failed half-way stays: neither the Secret nor, if it was
+        # made (an AlreadyExists is someone else's), the Job.
+        if uid is None:
+            await _shielded(functools.partial(_delete_secret, kc, namespace, name))
+        else:
+            await _shielded(functools.partial(_delete_agent, kc, namespace, name))
+        raise
     return AgentHandle(
         namespace=namespace,
         job_name=name,
         session_id=str(meta["labels"][SESSION_LABEL]),
-        uid=str(job.metadata.uid),
+        uid=uid,
     )
 
 
@@ -400,8 +500,16 @@ async def _delete_job(kc: KubeClient, namespace: str, name: str) -> None:
         )
 
 
-async def _shielded(kc: KubeClient, namespace: str, name: str) -> None:
-    inner = asyncio.ensure_future(_delete_job(kc, namespace, name))
+async def _delete_agent(kc: KubeClient, namespace: str, name: str) -> None:
+    await _delete_job(kc, namespace, name)
+    # The garbage collector deletes the Job's Secret with it; this covers a Secret whose
+    # owner reference was never set (its session was killed in between).
+    await _delete_secret(kc, namespace, name)
+
+
+async def _shielded(delete: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `delete()` to completion even if the caller is cancelled meanwhile."""
+    inner = asyncio.ensure_future(delete())
     try:
         await asyncio.shield(inner)
     except asyncio.CancelledError:
@@ -412,7 +520,7 @@ async def _shielded(kc: KubeClient, namespace: str, name: str) -> None:
             await asyncio.wait_for(asyncio.shield(inner), DELETE_GRACE)
         if inner.cancelled():
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(_delete_job(kc, namespace, name), DELETE_GRACE)
+                await asyncio.wait_for(delete(), DELETE_GRACE)
         raise
 
 
@@ -422,7 +530,7 @@ async def delete_agent_job(kc: KubeClient, handle: AgentHandle) -> None:
     Safe on cancellation and signal paths: the delete completes even if the caller is
     cancelled meanwhile (the cancellation is re-raised after).
     """
-    await _shielded(kc, handle.namespace, handle.job_name)
+    await _shielded(lambda: _delete_agent(kc, handle.namespace, handle.job_name))
 
 
 async def delete_session_jobs(kc: KubeClient, namespace: str, session_id: str) -> list[str]:
@@ -433,7 +541,7 @@ async def delete_session_jobs(kc: KubeClient, namespace: str, session_id: str) -
     )
     names = [str(j.metadata.name) for j in jobs.items]
     for name in names:
-        await _shielded(kc, namespace, name)
+        await _shielded(functools.partial(_delete_agent, kc, namespace, name))
     return names
 
 
@@ -444,14 +552,6 @@ class AcquiredAgent:
     handle: AgentHandle
     secret: str
     created: bool
-
-
-def _job_secret(job: Any) -> str | None:
-    for container in job.spec.template.spec.containers or []:
-        for var in container.env or []:
-            if var.name == "TETHER_SECRET" and var.value:
-                return str(var.value)
-    return None
 
 
 def _job_finished(job: Any) -> bool:
@@ -479,8 +579,61 @@ async def _wait_gone(kc: KubeClient, namespace: str, name: str, uid: str) -> Non
     )
 
 
+async def _read_job(kc: KubeClient, namespace: str, name: str) -> Any | None:
+    try:
+        return await kc.call(
+            kc.batch.read_namespaced_job(name, namespace),
+            Operation("get", "jobs.batch", namespace, name),
+        )
+    except NotFoundError:
+        return None
+
+
+async def _joined_secret(kc: KubeClient, job: Any) -> str:
+    """The session secret of a running agent Job, from the Secret its agent reads."""
+    namespace, name = str(job.metadata.namespace), str(job.metadata.name)
+    secret_name = job_secret_name(job)
+    if secret_name is None:
+        raise AgentFailedError(f'the agent Job "{name}" takes no session secret from a Secret')
+    try:
+        secret = await kc.call(
+            kc.core.read_namespaced_secret(secret_name, namespace),
+            Operation("get", "secrets", namespace, secret_name),
+        )
+    except NotFoundError:
+        raise AgentFailedError(
+            f'the Secret "{secret_name}" of the agent Job "{name}" is gone'
+            f" (kubectl -n {namespace} delete job {name}, then try again)"
+        ) from None
+    value = secret_value(secret)
+    if value is None:
+        raise AgentFailedError(f'the Secret "{secret_name}" holds no session secret')
+    return value
+
+
+async def _clear_stale_secret(kc: KubeClient, namespace: str, name: str) -> None:
+    """A Secret of this name exists but its Job does not: remove it if it is a leftover
+    (owned by a Job that is gone, or ownerless and old); leave a young ownerless one, which
+    is another session's start in progress, and wait a moment for its Job instead."""
+    try:
+        secret = await kc.call(
+            kc.core.read_namespaced_secret(name, namespace),
+            Operation("get", "secrets", namespace, name),
+        )
+    except NotFoundError:
+        return
+    meta = secret.metadata
+    created = meta.creation_timestamp or _EPOCH
+    age = (datetime.now(UTC) - created).total_seconds()
+    if meta.owner_references or age > ORPHAN_SECRET_AGE:
+        await _delete_secret(kc, namespace, name)
+    else:
+        await asyncio.sleep(JOIN_RETRY)
+
+
 async def acquire_agent(kc: KubeClient, manifest: dict[str, Any], secret: str) -> AcquiredAgent:
-    """Create the shared agent Job of `manifest`, or join the one already running.
+    """Create the shared agent Job of `manifest` (and its Secret holding `secret`), or join
+    the one already running, with the secret read from its Secret.
 
     A Job that finished (its agent exited after its last session) or is being deleted is
     removed and created anew. A running Job of another tether version raises
@@ -488,16 +641,15 @@ async def acquire_agent(kc: KubeClient, manifest: dict[str, Any], secret: str) -
     """
     meta = manifest["metadata"]
     namespace, name = str(meta["namespace"]), str(meta["name"])
-    op = Operation("get", "jobs.batch", namespace, name)
     for _ in range(JOIN_ATTEMPTS):
-        try:
-            return AcquiredAgent(await start_agent_job(kc, manifest), secret, True)
-        except AlreadyExistsError:
-            pass
-        try:
-            job = await kc.call(kc.batch.read_namespaced_job(name, namespace), op)
-        except NotFoundError:
-            continue  # deleted between our create and read: create again
+        job = await _read_job(kc, namespace, name)
+        if job is None:
+            try:
+                return AcquiredAgent(await start_agent_job(kc, manifest, secret), secret, True)
+            except AlreadyExistsError as exc:
+                if exc.resource == "secrets" and await _read_job(kc, namespace, name) is None:
+                    await _clear_stale_secret(kc, namespace, name)
+                continue  # someone else's agent: join it on the next round
         uid = str(job.metadata.uid)
         if _job_finished(job):
             await _delete_job(kc, namespace, name)
@@ -511,9 +663,7 @@ async def acquire_agent(kc: KubeClient, manifest: dict[str, Any], secret: str) -
                 f" this is tether {__version__} (use the same version, or wait until its"
                 " sessions end)"
             )
-        existing = _job_secret(job)
-        if existing is None:
-            raise AgentFailedError(f'the agent Job "{name}" carries no session secret')
+        existing = await _joined_secret(kc, job)
         handle = AgentHandle(namespace, name, str(labels.get(SESSION_LABEL, "")), uid)
         return AcquiredAgent(handle, existing, False)
     raise AgentFailedError(

@@ -34,6 +34,12 @@ class PodView:
     labels: dict[str, str]
     containers: list[str]
     """Names of spec.containers, in order."""
+    sidecars: list[str]
+    """Names of the native sidecars (1.28+: initContainers with restartPolicy Always)."""
+    init_containers: list[str]
+    """Names of the other initContainers (run to completion before the pod starts)."""
+    annotations: dict[str, str]
+    host_network: bool
     images: dict[str, str]
     """Container name -> image, as in the spec."""
     statuses: dict[str, ContainerState]
@@ -86,6 +92,15 @@ def pod_view(pod: Any) -> PodView:
         s.name: _container_state(s) for s in (status.container_statuses if status else None) or []
     }
     containers = (spec.containers if spec else None) or []
+    inits = (spec.init_containers if spec else None) or []
+    # A native sidecar's status is among the init containers' (it is one, restarted always).
+    statuses.update(
+        {
+            s.name: _container_state(s)
+            for s in (status.init_container_statuses if status else None) or []
+            if s.name not in statuses
+        }
+    )
     conditions = {
         str(c.type): (str(c.status), c.reason or "", c.message or "")
         for c in (status.conditions if status else None) or []
@@ -99,7 +114,11 @@ def pod_view(pod: Any) -> PodView:
         pod_ip=(status.pod_ip or None) if status else None,
         labels=dict(meta.labels or {}),
         containers=[str(c.name) for c in containers],
-        images={str(c.name): str(c.image) for c in containers},
+        sidecars=[str(c.name) for c in inits if c.restart_policy == "Always"],
+        init_containers=[str(c.name) for c in inits if c.restart_policy != "Always"],
+        annotations=dict(meta.annotations or {}),
+        host_network=bool(spec.host_network) if spec else False,
+        images={str(c.name): str(c.image) for c in [*containers, *inits]},
         statuses=statuses,
         created=meta.creation_timestamp,
         deleting=meta.deletion_timestamp is not None,

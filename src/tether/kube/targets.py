@@ -44,6 +44,37 @@ MESH_SIDECARS = frozenset(
 )
 
 
+# Mesh init containers (they write the pod's traffic redirection) and annotations a mesh's
+# injector leaves: with native sidecars (1.28+) the proxy itself is an init container, and in
+# Istio's ambient mode there is no proxy container at all.
+_MESH_MARKERS = (
+    ("istio", ("istio-proxy", "istio-init", "istio-validation"), ("sidecar.istio.io/status",)),
+    ("istio-ambient", (), ("ambient.istio.io/redirection",)),
+    ("linkerd", ("linkerd-proxy", "linkerd-init", "linkerd-network-validator"),
+     ("linkerd.io/proxy-version",)),
+    ("kuma", ("kuma-sidecar", "kuma-init", "kuma-dp"), ("kuma.io/sidecar-injected",)),
+    ("consul", ("consul-dataplane", "consul-connect-envoy-sidecar", "consul-connect-inject-init"),
+     ("consul.hashicorp.com/connect-inject-status",)),
+    ("aws-appmesh", ("aws-appmesh-envoy", "proxyinit"), ()),
+    ("osm", ("osm-envoy", "osm-init"), ()),
+)  # fmt: skip
+
+# kubectl's annotation naming the container a command goes to when none is named.
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+
+
+def detect_mesh(pod: PodView) -> str | None:
+    """The service mesh whose containers (regular, native sidecar or init) or annotations the
+    pod carries, or None."""
+    names = {*pod.containers, *pod.sidecars, *pod.init_containers}
+    for mesh, containers, annotations in _MESH_MARKERS:
+        if names.intersection(containers) or any(
+            pod.annotations.get(a, "") not in ("", "disabled") for a in annotations
+        ):
+            return mesh
+    return None
+
+
 class TargetKind(StrEnum):
     """What a target names."""
 
@@ -107,13 +138,19 @@ class ResolvedTarget:
     container_id: str
     """Runtime id with its scheme, e.g. "containerd://<hex>"."""
     pod_ip: str | None
+    mesh: str | None = None
+    """The service mesh the pod is part of (see detect_mesh), if any."""
+    host_network: bool = False
+    """The pod uses the node's network: the agent refuses to redirect its ports."""
 
     def describe(self) -> str:
         """One line for the user: which pod and container a target resolved to."""
         via = "" if self.kind is TargetKind.POD else f"{self.kind.value}/{self.name} -> "
+        mesh = f" (mesh: {self.mesh})" if self.mesh else ""
+        mesh += " (hostNetwork: no mirror or steal)" if self.host_network else ""
         return (
             f"{via}pod {self.pod_name} container {self.container_name} in namespace"
-            f" {self.namespace} on node {self.node_name}"
+            f" {self.namespace} on node {self.node_name}{mesh}"
         )
 
 
@@ -200,18 +237,25 @@ async def resolve_target(kc: KubeClient, spec: TargetSpec, namespace: str) -> Re
         container_name=container,
         container_id=status.container_id,
         pod_ip=pod.pod_ip,
+        mesh=detect_mesh(pod),
+        host_network=pod.host_network,
     )
 
 
 def pick_container(pod: PodView, wanted: str | None) -> str:
-    """`wanted` if the pod has it, else (None) its first non-sidecar container."""
+    """`wanted` if the pod has it (a native sidecar may be named too), else (None) the
+    container kubectl's default-container annotation names, else the first regular container
+    that is not a mesh sidecar. Native sidecars are never picked by default."""
     if wanted is not None:
-        if wanted not in pod.containers:
+        if wanted not in pod.containers and wanted not in pod.sidecars:
             raise ContainerNotFoundError(
                 f'container "{wanted}" not found in pod "{pod.name}"'
-                f" (containers: {', '.join(pod.containers)})"
+                f" (containers: {', '.join([*pod.containers, *pod.sidecars])})"
             )
         return wanted
+    default = pod.annotations.get(DEFAULT_CONTAINER_ANNOTATION)
+    if default in pod.containers:
+        return default
     for name in pod.containers:
         if name not in MESH_SIDECARS:
             return name

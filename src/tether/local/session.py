@@ -134,14 +134,15 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
             secret = new_secret()
             manifest = agent_job_manifest(
                 session_id=session_id,
-                secret=secret,
                 agent=config.agent,
                 target=target,
                 namespace=namespace,
                 shared=target is not None,
             )
             if target is None:
-                acquired = AcquiredAgent(await start_agent_job(kube, manifest), secret, True)
+                acquired = AcquiredAgent(
+                    await start_agent_job(kube, manifest, secret), secret, True
+                )
             else:
                 acquired = await acquire_agent(kube, manifest, secret)
             handle = acquired.handle

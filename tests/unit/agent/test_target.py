@@ -60,6 +60,26 @@ LAYOUTS = {
     "docker systemd v2": (f"docker://{CID}", v2(f"/system.slice/docker-{CID}.scope")),
     "docker cgroupfs v1": (f"docker://{CID}", v1(f"/docker/{CID}")),
     "cgroup namespace v2": (f"containerd://{CID}", v2(f"/../../{POD}/{CID}")),
+    # Shapes from modern nodes (cgroup v2, systemd driver), as /proc/PID/cgroup shows them.
+    "cgroup namespace systemd v2": (
+        f"containerd://{CID}",
+        v2(f"/../../kubepods-besteffort-pod1.slice/cri-containerd-{CID}.scope"),
+    ),
+    "cri-o systemd v2, nested container cgroup": (
+        f"cri-o://{CID}",
+        v2(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/"
+            f"crio-{CID}.scope/container"
+        ),
+    ),
+    "cri-dockerd systemd v2": (
+        f"docker://{CID}",
+        v2(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/"
+            f"docker-{CID}.scope"
+        ),
+    ),
+    "cri-dockerd cgroupfs v1": (f"docker://{CID}", v1(f"/kubepods/burstable/{POD}/{CID}")),
 }
 
 
@@ -83,7 +103,10 @@ def test_earliest_started_wins_over_lowest_pid(tmp_path: Path) -> None:
 
 
 def test_conmon_and_prefixes_of_the_id_do_not_match(tmp_path: Path) -> None:
+    # CRI-O's monitor runs in a scope of its own named after the container: never the target
+    # (it lives in the host's network namespace).
     add_proc(tmp_path, 10, v2(f"/kubepods.slice/crio-conmon-{CID}.scope"))
+    add_proc(tmp_path, 9, v2(f"/kubepods.slice/kubepods-pod1.slice/crio-conmon-{CID}.scope"))
     add_proc(tmp_path, 11, v2(f"/kubepods/{POD}/{CID}extra"))
     add_proc(tmp_path, 12, v2(f"/kubepods/{POD}/{CID[:12]}"))
     with pytest.raises(TargetNotFound, match="no process of container") as err:
@@ -178,3 +201,64 @@ def test_same_netns_compares_namespaces_not_pids() -> None:
         for proc in (child, other):
             proc.kill()
             proc.wait()
+
+
+def _fake_ns(proc: Path, pid: int, netns: str) -> None:
+    d = proc / str(pid) / "ns"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "net").symlink_to(netns)  # as /proc shows it: a link to "net:[inode]"
+
+
+@pytest.mark.parametrize(
+    ("target_ns", "refused"),
+    [("net:[4026532001]", False), ("net:[4026531840]", True), (None, True)],
+)
+def test_a_target_in_the_nodes_network_namespace_is_refused(
+    tmp_path: Path, target_ns: str | None, refused: bool
+) -> None:
+    from tether.agent.target import host_network_refusal
+
+    _fake_ns(tmp_path, 1, "net:[4026531840]")
+    if target_ns is not None:
+        _fake_ns(tmp_path, 77, target_ns)
+    reason = host_network_refusal(Target(77), tmp_path)
+    assert (reason is not None) == refused
+    if target_ns == "net:[4026531840]":
+        assert reason is not None and "hostNetwork" in reason
+    assert host_network_refusal(Target(None), tmp_path) is None
+
+
+def test_this_machines_own_processes_are_in_the_host_netns() -> None:
+    from tether.agent.target import host_network_refusal
+
+    # The real /proc: this test runs in PID 1's network namespace, as a hostNetwork pod does.
+    try:
+        same = Path("/proc/1/ns/net").readlink() == Path("/proc/self/ns/net").readlink()
+    except PermissionError:
+        pytest.skip("PID 1's namespaces are not readable here (no CAP_SYS_PTRACE over it)")
+    if not same:
+        pytest.skip("this test process is not in PID 1's network namespace")
+    assert host_network_refusal(Target(os.getpid())) is not None
+
+
+def test_only_lines_of_the_kernels_format_name_the_container(tmp_path: Path) -> None:
+    # Found by fuzz/cgroup.py: a cgroup name may hold a line break (anything but "/" and NUL
+    # is allowed), and what follows it is no "ID:CONTROLLERS:PATH" line of the kernel's; only
+    # "\n" ends a line, so a "\r" in a name is a part of the path.
+    add_proc(tmp_path, 7, v2(f"/kubepods/{POD}/x\n/{CID}"), start=1)
+    add_proc(tmp_path, 11, v2(f"/kubepods/a\rb/{CID}"), start=3)
+    add_proc(tmp_path, 9, v2(f"/kubepods/{POD}/{CID}"), start=5)
+    assert find_container_pid(CID, tmp_path) == 11
+
+
+def test_names_that_are_not_utf8_do_not_break_the_scan(tmp_path: Path) -> None:
+    # Found by fuzz/cgroup.py: another process's cgroup path or command name in bytes that are
+    # not UTF-8 raised UnicodeDecodeError (a ValueError: "malformed ID") out of the scan, or
+    # made the container's init look unstartable (the latest), so a later process won.
+    add_proc(tmp_path, 5, v2(f"/kubepods/{POD}/{OTHER}"))
+    (tmp_path / "5" / "cgroup").write_bytes(b"0::/kubepods/\xff\xfe/x\n")
+    add_proc(tmp_path, 30, v2(f"/kubepods/{POD}/{CID}"), start=900)
+    add_proc(tmp_path, 20, v2(f"/kubepods/{POD}/{CID}"), start=100)
+    stat = (tmp_path / "20" / "stat").read_bytes()
+    (tmp_path / "20" / "stat").write_bytes(stat.replace(b"weird", b"caf\xe9"))
+    assert find_container_pid(CID, tmp_path) == 20

@@ -33,8 +33,8 @@ def test_forbidden_names_verb_resource_namespace_and_rbac() -> None:
     error = error_for_exception(_api(403, "jobs.batch is forbidden"), CREATE_JOB, SERVER)
     assert isinstance(error, ForbiddenError)
     assert str(error) == (
-        'forbidden: cannot create jobs.batch in namespace "x" (ask for RBAC: create/delete'
-        " jobs, get pods, create pods/portforward)"
+        'forbidden: cannot create jobs.batch in namespace "x" (ask for the minimal Role in the'
+        " README's RBAC section, which lists every verb a session uses)"
     )
 
 

@@ -1,11 +1,23 @@
 """The agent Job manifest: targeted and targetless (no cluster)."""
 
+import base64
+import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tether.config import AgentConfig
-from tether.kube.job import agent_job_manifest, job_name, new_secret, new_session_id
+from tether.kube.job import (
+    agent_job_manifest,
+    agent_secret_manifest,
+    job_name,
+    job_secret_name,
+    new_secret,
+    new_session_id,
+    owner_reference,
+    secret_value,
+)
 from tether.kube.targets import ResolvedTarget, TargetKind
 
 TARGET = ResolvedTarget(
@@ -34,9 +46,7 @@ def _container(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_targeted_manifest() -> None:
-    m = agent_job_manifest(
-        session_id="a1b2c3d4", secret="s3cr3t", agent=AgentConfig(), target=TARGET
-    )
+    m = agent_job_manifest(session_id="a1b2c3d4", agent=AgentConfig(), target=TARGET)
     assert m["apiVersion"] == "batch/v1"
     assert m["kind"] == "Job"
     assert m["metadata"]["name"] == "tether-agent-a1b2c3d4"
@@ -50,7 +60,8 @@ def test_targeted_manifest() -> None:
     assert m["spec"]["template"]["metadata"]["labels"] == labels
     assert m["spec"]["backoffLimit"] == 0
     assert m["spec"]["ttlSecondsAfterFinished"] == 60
-    assert "activeDeadlineSeconds" not in m["spec"]
+    # A hard cap besides the idle exit: a stuck agent cannot outlive it.
+    assert m["spec"]["activeDeadlineSeconds"] == 86400
     pod = _pod_spec(m)
     assert pod["restartPolicy"] == "Never"
     assert pod["nodeName"] == "node-a"
@@ -71,7 +82,12 @@ def test_targeted_manifest() -> None:
         "--container-id",
         "containerd://abc123",
     ]
-    assert c["env"] == [{"name": "TETHER_SECRET", "value": "s3cr3t"}]
+    assert c["env"] == [
+        {
+            "name": "TETHER_SECRET",
+            "valueFrom": {"secretKeyRef": {"name": "tether-agent-a1b2c3d4", "key": "secret"}},
+        }
+    ]
     assert c["securityContext"] == {
         "capabilities": {"add": ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN"]}
     }
@@ -86,19 +102,19 @@ def test_configured_agent_settings() -> None:
         port=5000,
         idle_timeout=2.5,
         ttl_seconds_after_finished=5,
+        max_lifetime=3600,
         privileged=True,
         labels={"team": "a", "tether.dev/session": "overridden?"},
         annotations={"note": "x"},
     )
-    m = agent_job_manifest(
-        session_id="ff", secret="s", agent=agent, target=TARGET, command=["sleep", "1"]
-    )
+    m = agent_job_manifest(session_id="ff", agent=agent, target=TARGET, command=["sleep", "1"])
     assert m["metadata"]["namespace"] == "tether-system"
     assert m["metadata"]["labels"]["team"] == "a"
     assert m["metadata"]["labels"]["tether.dev/session"] == "ff", "tether's labels win"
     assert m["metadata"]["annotations"] == {"note": "x"}
     assert m["spec"]["template"]["metadata"]["annotations"] == {"note": "x"}
     assert m["spec"]["ttlSecondsAfterFinished"] == 5
+    assert m["spec"]["activeDeadlineSeconds"] == 3600
     c = _container(m)
     assert c["image"] == "local/agent:dev"
     assert c["imagePullPolicy"] == "Never"
@@ -110,7 +126,6 @@ def test_configured_agent_settings() -> None:
 def test_targetless_manifest_is_plain() -> None:
     m = agent_job_manifest(
         session_id="abcd",
-        secret="s",
         agent=AgentConfig(privileged=True),
         target=None,
         namespace="dev",
@@ -130,12 +145,12 @@ def test_targetless_manifest_is_plain() -> None:
 
 def test_targetless_needs_a_namespace() -> None:
     with pytest.raises(ValueError, match="namespace"):
-        agent_job_manifest(session_id="a", secret="s", agent=AgentConfig(), target=None)
+        agent_job_manifest(session_id="a", agent=AgentConfig(), target=None)
 
 
 def test_long_pod_name_label_is_truncated_to_a_valid_value() -> None:
     long_target = ResolvedTarget(**{**TARGET.__dict__, "pod_name": "a" * 61 + "-b-c"})
-    m = agent_job_manifest(session_id="a", secret="s", agent=AgentConfig(), target=long_target)
+    m = agent_job_manifest(session_id="a", agent=AgentConfig(), target=long_target)
     value = m["metadata"]["labels"]["tether.dev/target-pod"]
     assert len(value) <= 63
     assert value[-1].isalnum()
@@ -157,12 +172,8 @@ def test_shared_manifest_is_named_after_the_target_pod() -> None:
     from tether import __version__
     from tether.kube.job import shared_job_name, target_key
 
-    a = agent_job_manifest(
-        session_id="s1", secret="x", agent=AgentConfig(), target=TARGET, shared=True
-    )
-    b = agent_job_manifest(
-        session_id="s2", secret="y", agent=AgentConfig(), target=TARGET, shared=True
-    )
+    a = agent_job_manifest(session_id="s1", agent=AgentConfig(), target=TARGET, shared=True)
+    b = agent_job_manifest(session_id="s2", agent=AgentConfig(), target=TARGET, shared=True)
     # Every session on the target asks for the same Job: the API server lets one create it.
     assert a["metadata"]["name"] == b["metadata"]["name"] == shared_job_name(TARGET)
     assert a["metadata"]["labels"]["tether.dev/target"] == target_key(TARGET)
@@ -173,3 +184,68 @@ def test_shared_manifest_is_named_after_the_target_pod() -> None:
     assert shared_job_name(replace(TARGET, pod_uid="uid-2")) != shared_job_name(TARGET)
     assert shared_job_name(replace(TARGET, container_name="sidecar")) == shared_job_name(TARGET)
     assert len(shared_job_name(TARGET)) <= 63
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_secret_is_in_a_secret_never_in_the_job(shared: bool) -> None:
+    secret = new_secret()
+    job = agent_job_manifest(session_id="a1", agent=AgentConfig(), target=TARGET, shared=shared)
+    # Anyone who may `get jobs` (or pods) sees the Job and its pod template: no value there.
+    assert secret not in json.dumps(job)
+    assert base64.b64encode(secret.encode()).decode() not in json.dumps(job)
+    made = agent_secret_manifest(job, secret)
+    assert made["kind"] == "Secret" and made["type"] == "Opaque"
+    assert made["metadata"]["name"] == job["metadata"]["name"]
+    assert made["metadata"]["namespace"] == job["metadata"]["namespace"]
+    assert made["metadata"]["labels"] == job["metadata"]["labels"]
+    assert base64.b64decode(made["data"]["secret"]).decode() == secret
+    ref = _container(job)["env"][0]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": made["metadata"]["name"], "key": "secret"}
+
+
+def test_owner_reference_lets_the_job_take_its_secret_along() -> None:
+    assert owner_reference("tether-agent-x", "uid-1") == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": "tether-agent-x",
+        "uid": "uid-1",
+        "blockOwnerDeletion": False,
+    }
+
+
+def _api_job(env: list[SimpleNamespace]) -> SimpleNamespace:
+    container = SimpleNamespace(env=env)
+    return SimpleNamespace(
+        spec=SimpleNamespace(template=SimpleNamespace(spec=SimpleNamespace(containers=[container])))
+    )
+
+
+def _ref(name: str) -> SimpleNamespace:
+    return SimpleNamespace(secret_key_ref=SimpleNamespace(name=name, key="secret"))
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ([SimpleNamespace(name="TETHER_SECRET", value=None, value_from=_ref("s1"))], "s1"),
+        ([SimpleNamespace(name="OTHER", value=None, value_from=_ref("s2"))], None),
+        # An agent of an older tether with the value inline is not joined through a Secret.
+        ([SimpleNamespace(name="TETHER_SECRET", value="abc", value_from=None)], None),
+        ([], None),
+    ],
+)
+def test_job_secret_name(env: list[SimpleNamespace], name: str | None) -> None:
+    assert job_secret_name(_api_job(env)) == name
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        ({"secret": base64.b64encode(b"abc").decode()}, "abc"),
+        ({"secret": "!!notbase64"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_secret_value(data: dict[str, str] | None, value: str | None) -> None:
+    assert secret_value(SimpleNamespace(data=data)) == value

@@ -1,5 +1,11 @@
 """Target parsing, container choice and label selectors (no cluster)."""
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 from kubernetes_asyncio import client
 
@@ -9,6 +15,7 @@ from tether.kube.targets import (
     ResolvedTarget,
     TargetKind,
     TargetSpec,
+    detect_mesh,
     parse_target,
     pick_container,
 )
@@ -164,3 +171,75 @@ def test_resolved_target_describe() -> None:
     assert target.describe() == (
         "deployment/frontend -> pod frontend-1 container frontend in namespace shop on node node1"
     )
+
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+def _fixture_pod(name: str, edit: Callable[[dict[str, Any]], None] | None = None) -> PodView:
+    """A pod as a modern API server returns it (shape of a 1.30 pod; v1.20 drops the
+    initContainers' restartPolicy), deserialized by the client library as tether's are."""
+    data = json.loads((FIXTURES / name).read_text())
+    if edit is not None:
+        edit(data)
+    response = SimpleNamespace(data=json.dumps(data))
+    # Without __init__: deserializing needs no HTTP session (which needs an event loop).
+    api = client.ApiClient.__new__(client.ApiClient)
+    api.configuration = client.Configuration()
+    return pod_view(api.deserialize(response, "V1Pod"))  # type: ignore[arg-type]
+
+
+def test_a_native_sidecar_is_a_sidecar() -> None:
+    pod = _fixture_pod("pod-native-sidecar-1.30.json")
+    assert pod.sidecars == ["istio-proxy"]
+    assert pod.init_containers == ["istio-init"]
+    assert pod.statuses["istio-proxy"].state == "running"
+    assert pod.statuses["istio-proxy"].container_id == "containerd://bbb222"
+    # Named explicitly it can be the target; it is never the default.
+    assert pick_container(pod, "istio-proxy") == "istio-proxy"
+    assert detect_mesh(pod) == "istio"
+
+
+def _drop_annotation(data: dict[str, Any]) -> None:
+    del data["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
+
+
+def _no_istio(data: dict[str, Any]) -> None:
+    del data["metadata"]["annotations"]["sidecar.istio.io/status"]
+    data["spec"]["initContainers"] = [{"name": "migrate", "image": "app:1"}]
+    data["status"]["initContainerStatuses"] = []
+
+
+@pytest.mark.parametrize(
+    ("edit", "chosen", "mesh"),
+    [
+        # kubectl's default-container annotation is honoured over the first container.
+        (None, "reviews", "istio"),
+        # Without it: the first regular container (a native sidecar is not one).
+        (_drop_annotation, "log-shipper", "istio"),
+        (_no_istio, "reviews", None),
+    ],
+)
+def test_default_container_and_mesh(
+    edit: Callable[[dict[str, Any]], None] | None, chosen: str, mesh: str | None
+) -> None:
+    pod = _fixture_pod("pod-native-sidecar-1.30.json", edit)
+    assert pick_container(pod, None) == chosen
+    assert detect_mesh(pod) == mesh
+
+
+def test_an_annotation_naming_no_container_is_ignored() -> None:
+    def bad(data: dict[str, Any]) -> None:
+        data["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] = "gone"
+
+    assert pick_container(_fixture_pod("pod-native-sidecar-1.30.json", bad), None) == (
+        "log-shipper"
+    )
+
+
+def test_the_sidecar_annotation_alone_reveals_the_mesh() -> None:
+    def only_annotation(data: dict[str, Any]) -> None:
+        data["spec"]["initContainers"] = []
+        data["status"]["initContainerStatuses"] = []
+
+    assert detect_mesh(_fixture_pod("pod-native-sidecar-1.30.json", only_annotation)) == "istio"

@@ -260,8 +260,15 @@ class _OriginalPipe(SocketPipe):
 class IncomingManager:
     """Subscriptions of every session of one agent, and the traffic that follows from them."""
 
-    def __init__(self, executor: NetnsExecutor, redirector: Redirector | None = None) -> None:
+    def __init__(
+        self,
+        executor: NetnsExecutor,
+        redirector: Redirector | None = None,
+        refusal: str | None = None,
+    ) -> None:
         self.executor = executor
+        # Set when this target's ports must never be redirected (host_network_refusal).
+        self.refusal = refusal
         self.redirector = redirector or Redirector(executor)
         self.ports: dict[int, _PortState] = {}
         self._lock = asyncio.Lock()
@@ -289,6 +296,8 @@ class IncomingManager:
         """
         if mode == "mirror" and http_filter is not None:
             raise IncomingError("EINVAL", "a mirror takes no HTTP filter", 22)
+        if self.refusal is not None:
+            raise IncomingError("EPERM", f"cannot {mode} port {port}: {self.refusal}", 1)
         sub = Subscription(session, port, mode, http_filter, steal_probes)
         warnings: list[str] = []
         async with self._lock:

@@ -544,6 +544,17 @@ async def test_a_port_that_cannot_be_redirected_leaves_no_rule(
     assert (await world.ask()).server == "pod"
 
 
+@pytest.mark.root
+async def test_a_host_network_target_is_refused_before_any_rule(world: World) -> None:
+    world.manager.refusal = "the target shares the node's network namespace (a hostNetwork pod)"
+    alice_app = await world.local_app("alice")
+    alice = await world.join("alice")
+    with pytest.raises(IncomingError, match=r"cannot steal port \d+: .*hostNetwork"):
+        await alice.subscribe(world.port, alice_app.port, mode="steal")
+    assert "TETHER" not in world.iptables()
+    assert (await world.ask()).server == "pod"
+
+
 # -- sessions leaving, the agent closing -------------------------------------------------------
 
 
