@@ -1,6 +1,5 @@
 """`python3 -m tether.agent`: the agent's entry point inside its Job's pod."""
 
-import argparse
 import asyncio
 import logging
 import os
@@ -9,27 +8,24 @@ import sys
 from tether.agent.incoming.guard import run_guarded
 from tether.agent.server import Agent
 from tether.agent.target import Target, TargetNotFound
+from tether.protocol.launch import MIN_SECRET_BYTES, SECRET_ENV, parse_agent_args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, find the target, serve; exit status 2 for bad input."""
-    parser = argparse.ArgumentParser(prog="tether-agent")
-    parser.add_argument("--port", type=int, default=47047)
-    parser.add_argument("--listen", default="127.0.0.1")
-    parser.add_argument("--idle-timeout", type=float, default=30.0)
-    parser.add_argument("--container-id", default=None, help="the target (omit for targetless)")
-    args = parser.parse_args(argv)
+    args = parse_agent_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
-    secret_hex = os.environ.pop("TETHER_SECRET", "")
+    secret_hex = os.environ.pop(SECRET_ENV, "")
     try:
         secret = bytes.fromhex(secret_hex)
     except ValueError:
         secret = b""
-    if len(secret) < 16:
+    if len(secret) < MIN_SECRET_BYTES:
         print(
-            "tether-agent: TETHER_SECRET must hold at least 16 hex-encoded bytes", file=sys.stderr
+            f"tether-agent: {SECRET_ENV} must hold at least {MIN_SECRET_BYTES} hex-encoded bytes",
+            file=sys.stderr,
         )
         return 2
     try:

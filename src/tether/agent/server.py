@@ -20,6 +20,7 @@ from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, host_network_refusal
 from tether.protocol import Connection, Role
+from tether.protocol.launch import ready_line
 from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
 from tether.tunnel.datagrams import relay_datagrams
 
@@ -69,7 +70,7 @@ class Agent:
             on_ready(bound)
         else:
             # The CLI waits for exactly this line in the pod's log.
-            print(f"tether-agent ready port={bound} version={__version__}", flush=True)
+            print(ready_line(bound, __version__), flush=True)
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):

@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from tether.protocol.launch import DEFAULT_IDLE_TIMEOUT, DEFAULT_PORT
+
 DEFAULT_AGENT_IMAGE = "ghcr.io/tether-dev/tether-agent:0.1.0"
-DEFAULT_AGENT_PORT = 47047
+DEFAULT_AGENT_PORT = DEFAULT_PORT
 
 
 class AgentConfig(BaseModel):
@@ -34,7 +36,7 @@ class AgentConfig(BaseModel):
         description="Port the agent listens on, on 127.0.0.1 inside its own pod.",
     )
     idle_timeout: float = Field(
-        default=30.0,
+        default=DEFAULT_IDLE_TIMEOUT,
         gt=0,
         description="Seconds the agent keeps running after its last client left.",
     )

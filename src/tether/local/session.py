@@ -11,20 +11,17 @@ from dataclasses import dataclass
 
 from tether import __version__
 from tether.config import TetherConfig
-from tether.kube.client import KubeClient, connect
-from tether.kube.errors import KubeError
-from tether.kube.job import (
+from tether.kube.agent_lifecycle import (
     AcquiredAgent,
-    AgentHandle,
     acquire_agent,
-    agent_job_manifest,
     agent_running,
     delete_agent_job,
-    new_secret,
-    new_session_id,
     start_agent_job,
-    wait_agent_ready,
 )
+from tether.kube.agent_manifest import AgentHandle, agent_job_manifest, new_secret, new_session_id
+from tether.kube.agent_ready import wait_agent_ready
+from tether.kube.client import KubeClient, connect
+from tether.kube.errors import KubeError
 from tether.kube.portforward import open_portforward
 from tether.kube.targets import ResolvedTarget, ensure_namespace, parse_target, resolve_target
 from tether.local.progress import Progress

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tether.config import AgentConfig
-from tether.kube.job import (
+from tether.kube.agent_manifest import (
     agent_job_manifest,
     agent_secret_manifest,
     job_name,
@@ -170,7 +170,7 @@ def test_shared_manifest_is_named_after_the_target_pod() -> None:
     from dataclasses import replace
 
     from tether import __version__
-    from tether.kube.job import shared_job_name, target_key
+    from tether.kube.agent_manifest import shared_job_name, target_key
 
     a = agent_job_manifest(session_id="s1", agent=AgentConfig(), target=TARGET, shared=True)
     b = agent_job_manifest(session_id="s2", agent=AgentConfig(), target=TARGET, shared=True)
