@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.cleanup import remove_tether_chains_of, sweep, tether_chains_of
 from tests.e2e.cli import (
     AGENT,
     agent_objects,
@@ -33,7 +34,6 @@ from tests.e2e.cli import (
     wait_no_agent_objects,
 )
 from tests.e2e.kube import AGENT_IMAGE, PYTHON_IMAGE, get, kubectl, one_container, ready_pod
-from tether.agent.target import find_container_pid
 
 FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
 
@@ -207,26 +207,22 @@ def wait_until(predicate: Any, within: float, what: str) -> None:
 
 def tether_chains() -> str:
     """The tether rules and chains in the frontend pod's network namespace, both backends."""
-    cid = ready_pod("shop", "frontend")["status"]["containerStatuses"][0]["containerID"]
-    pid = find_container_pid(cid)
-    found = []
-    for save in ("iptables-nft-save", "iptables-legacy-save"):
-        out = subprocess.run(
-            ["nsenter", "-t", str(pid), "-n", save],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        found += [f"{save}: {line}" for line in out.splitlines() if "TETHER" in line]
-    return "\n".join(found)
+    return tether_chains_of("shop", "frontend")
 
 
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
     """Each test starts and ends with the pod serving by itself and no tether chain in it."""
     yield
-    wait_until(lambda: not tether_chains(), 30, "tether chains gone from the pod")
-    wait_until(lambda: agent_objects("shop") == (0, 0), 60, "agent Job and pod gone")
+    try:
+        wait_until(lambda: not tether_chains(), 30, "tether chains gone from the pod")
+        wait_until(lambda: agent_objects("shop") == (0, 0), 60, "agent Job and pod gone")
+    except AssertionError as exc:
+        # Clean up before failing: the next test starts clean, so one failure stays one.
+        left = tether_chains()
+        remove_tether_chains_of("shop", "frontend")
+        swept = sweep()
+        raise AssertionError(f"{exc}; cleaned up: chains {left!r}, objects {swept}") from None
 
 
 def test_mirror_copies_requests_and_leaves_answers_alone() -> None:

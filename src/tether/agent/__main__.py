@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from tether.agent.incoming.guard import run_guarded
+from tether.agent.guard import run_guarded
 from tether.agent.server import Agent
 from tether.agent.target import Target, TargetNotFound
 from tether.protocol.launch import MIN_SECRET_BYTES, SECRET_ENV, parse_agent_args

@@ -163,7 +163,7 @@ def overlaps(a: HttpFilter, b: HttpFilter) -> bool:
 def _compile(field_name: str, pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, deep nesting
         raise ValueError(f"filter field {field_name}: invalid regex {pattern!r}: {exc}") from None
 
 

@@ -10,9 +10,9 @@ import socket
 import struct
 from collections.abc import Collection
 
-from tether.agent.incoming.redirect import BYPASS_MARK, RedirectError, find_tool, run_tool
+from tether.agent.iptables import BYPASS_MARK, RedirectError
 from tether.agent.netns import NetnsExecutor
-from tether.agent.programs import SS
+from tether.agent.programs import SS, find_tool, run_tool
 
 #: getsockopt(SOL_IP, SO_ORIGINAL_DST): the destination before NAT (linux/netfilter_ipv4.h).
 SO_ORIGINAL_DST = 80

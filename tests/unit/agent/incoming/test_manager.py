@@ -34,7 +34,7 @@ from tether.agent.incoming.manager import (
     SessionRef,
     Subscription,
 )
-from tether.agent.incoming.redirect import RedirectError
+from tether.agent.iptables import RedirectError
 from tether.agent.netns import NetnsExecutor
 from tether.agent.server import Agent
 from tether.agent.target import Target
@@ -640,9 +640,7 @@ async def test_a_filtered_steal_routes_a_connection_opened_ahead_of_its_requests
 ) -> None:
     """HTTP clients may open a connection before they have a request for it: once the wait
     for its first bytes is over, the requests that do come are still routed one by one."""
-    from tether.agent.incoming import manager as manager_mod
-
-    monkeypatch.setattr(manager_mod, "FIRST_BYTES_TIMEOUT", 0.1)
+    world.manager.dispatcher.first_bytes_timeout = 0.1
     app = await world.local_app("alice")
     alice = await world.join("alice")
     await alice.subscribe(world.port, app.port, mode="steal", http_filter=_dev("alice"))
@@ -659,9 +657,7 @@ async def test_a_filtered_steal_passes_a_server_first_protocol_through(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a port whose server speaks first (SMTP-like), the client's silence is not a hang."""
-    from tether.agent.incoming import manager as manager_mod
-
-    monkeypatch.setattr(manager_mod, "FIRST_BYTES_TIMEOUT", 0.1)
+    world.manager.dispatcher.first_bytes_timeout = 0.1
 
     async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 pod ready\r\n")

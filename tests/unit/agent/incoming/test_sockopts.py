@@ -11,8 +11,8 @@ import pytest
 
 from tests.unit.agent.incoming.throwaway_netns import Netns, need_root, throwaway_netns
 from tether.agent.incoming import sockopts
-from tether.agent.incoming.redirect import BYPASS_MARK, RedirectError
 from tether.agent.incoming.sockopts import original_dst, reset_connections, set_bypass_mark
+from tether.agent.iptables import BYPASS_MARK, RedirectError
 from tether.agent.netns import NetnsExecutor
 
 TIMEOUT = 5.0

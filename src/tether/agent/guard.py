@@ -19,8 +19,9 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from tether.agent.incoming.redirect import RedirectError, remove_tether_chains
+from tether.agent.iptables import RedirectError, remove_tether_chains
 from tether.agent.netns import CLONE_NEWNET, setns
+from tether.agent.programs import ToolError
 
 PR_SET_PDEATHSIG = 1
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -65,7 +66,9 @@ def _serve_child(serve: Callable[[], int], guard_pid: int) -> NoReturn:
     except KeyboardInterrupt:
         status = 128 + signal.SIGINT
     except BaseException as e:
-        print(f"tether-agent: {type(e).__name__}: {e}".replace("\n", " "), file=sys.stderr)
+        # A tool's failure says what failed already; anything else is unexpected: its type too.
+        what = str(e) if isinstance(e, ToolError) else f"{type(e).__name__}: {e}"
+        print(f"tether-agent: {what}".replace("\n", " "), file=sys.stderr)
         status = 1
     _flush_stdio()
     os._exit(status)

@@ -1,4 +1,4 @@
-"""Tests for tether.agent.incoming.redirect: tether's iptables chains in a throwaway network
+"""Tests for tether.agent.iptables: tether's iptables chains in a throwaway network
 namespace (root only), with both iptables backends."""
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from tests.unit.agent.incoming.throwaway_netns import (
     start_time,
     throwaway_netns,
 )
-from tether.agent.incoming import redirect
-from tether.agent.incoming.redirect import RedirectError, Redirector
+from tether.agent import iptables as redirect
+from tether.agent import programs
 from tether.agent.incoming.sockopts import original_dst, set_bypass_mark
+from tether.agent.iptables import RedirectError, Redirector
 from tether.agent.netns import NetnsExecutor
 
 TIMEOUT = 5.0
@@ -82,16 +83,16 @@ def test_parse_finds_tether_chains_jumps_and_owners() -> None:
 def test_stderr_tail_is_one_line() -> None:
     err = "iptables-restore v1.8.9: Chain 'X' does not exist\nError occurred at line: 3\n"
     err += "Try `iptables-restore -h' or 'iptables-restore --help' for more information.\n"
-    assert redirect._stderr_tail(err) == (
+    assert programs._stderr_tail(err) == (
         "iptables-restore v1.8.9: Chain 'X' does not exist; Error occurred at line: 3"
     )
 
 
 def test_run_tool_reports_failures() -> None:
     with pytest.raises(RedirectError, match=r"^doing it: .* is not installed$"):
-        redirect.run_tool(["/nonexistent/tool"], what="doing it")
+        programs.run_tool(["/nonexistent/tool"], what="doing it")
     with pytest.raises(RedirectError, match=r"exited with status 3: oops$"):
-        redirect.run_tool(
+        programs.run_tool(
             [sys.executable, "-c", "import sys; sys.stderr.write('oops\\n'); sys.exit(3)"]
         )
 

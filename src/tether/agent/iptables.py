@@ -28,13 +28,21 @@ import asyncio
 import logging
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.agent.netns import NetnsExecutor
-from tether.agent.programs import IPTABLES_BACKENDS, iptables_restore, iptables_save
+from tether.agent.programs import (
+    IPTABLES_BACKENDS,
+    ToolError,
+    find_tool,
+    iptables_restore,
+    iptables_save,
+    run_tool,
+)
+
+# An iptables (or ss) command failed, or another live agent owns the redirection.
+RedirectError = ToolError
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +63,6 @@ BACKENDS = IPTABLES_BACKENDS
 _BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 _OWNER_RE = re.compile(r"tether agent pid=(\d+) start=(\d+)")
 _TARGET_RE = re.compile(r"(?:^|\s)-[jg]\s+(\S+)")
-_TIMEOUT = 30.0
-# Where iptables looks for extra binaries when PATH (e.g. a non-root user's) lacks sbin.
-_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
-
-
-class RedirectError(Exception):
-    """An iptables (or ss) command failed or another live agent owns the redirection; the
-    message is one line and ends with the tail of the command's stderr when there is one."""
 
 
 Owner = tuple[int, int]  # (pid, start time in clock ticks after boot)
@@ -92,11 +92,6 @@ def _alive(owner: Owner) -> bool:
 # -- running iptables ------------------------------------------------------------------------
 
 
-def find_tool(name: str) -> str | None:
-    """The path of program `name` on PATH or in the sbin directories, or None."""
-    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:{_SBIN}")
-
-
 def available_backends() -> list[str]:
     """The backends whose `iptables-<backend>-save` and `-restore` are installed."""
     return [
@@ -104,56 +99,6 @@ def available_backends() -> list[str]:
         for b in BACKENDS
         if find_tool(iptables_save(b)) is not None and find_tool(iptables_restore(b)) is not None
     ]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Legacy iptables refuses to run when it cannot open its lock file, /run/xtables.lock by
-    # default, and the agent image has no /run. The lock only serializes iptables runs that
-    # share our mount namespace (nobody else's), so a lock file elsewhere loses nothing.
-    if "XTABLES_LOCKFILE" not in env and not Path("/run").is_dir():
-        env["XTABLES_LOCKFILE"] = "/tmp/tether-xtables.lock"
-    env["LC_ALL"] = "C"
-    return env
-
-
-def _stderr_tail(stderr: str, limit: int = 300) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    # iptables ends its errors with a generic "Try `iptables -h'" hint: the cause is above it.
-    lines = [line for line in lines if not line.startswith("Try `")]
-    tail = "; ".join(lines[-2:])
-    return tail if len(tail) <= limit else "..." + tail[-limit:]
-
-
-def run_tool(argv: list[str], stdin: str | None = None, what: str | None = None) -> str:
-    """Run `argv` (in the calling thread's network namespace) and return its stdout.
-
-    Raises RedirectError when the program is missing, times out or exits non-zero; `what`
-    names the action in the message.
-    """
-    action = what or argv[0]
-    try:
-        proc = subprocess.run(
-            argv,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=_TIMEOUT,
-            env=_env(),
-        )
-    except FileNotFoundError:
-        raise RedirectError(f"{action}: {argv[0]} is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise RedirectError(f"{action}: {argv[0]} did not finish in {_TIMEOUT:.0f}s") from None
-    except OSError as e:
-        raise RedirectError(f"{action}: cannot run {argv[0]}: {e.strerror}") from None
-    if proc.returncode != 0:
-        tail = _stderr_tail(proc.stderr)
-        raise RedirectError(
-            f"{action}: {Path(argv[0]).name} exited with status {proc.returncode}"
-            + (f": {tail}" if tail else "")
-        )
-    return proc.stdout
 
 
 def _save(backend: str) -> str:

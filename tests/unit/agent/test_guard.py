@@ -1,4 +1,4 @@
-"""Tests for tether.agent.incoming.guard: the agent's chains go away however its serving
+"""Tests for tether.agent.guard: the agent's chains go away however its serving
 process ends (root only: namespaces and iptables).
 
 run_guarded forks, which the test process (with its threads) must not do: each test runs it
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.agent.incoming.throwaway_netns import Netns, need_root, throwaway_netns
-from tether.agent.incoming.guard import run_guarded
-from tether.agent.incoming.redirect import Redirector
+from tether.agent.guard import run_guarded
+from tether.agent.iptables import Redirector
 from tether.agent.netns import NetnsExecutor
 
 pytestmark = pytest.mark.root
@@ -30,8 +30,8 @@ TIMEOUT = 10.0
 GUARDED = """
 import asyncio, signal, sys
 from pathlib import Path
-from tether.agent.incoming.guard import run_guarded
-from tether.agent.incoming.redirect import Redirector
+from tether.agent.guard import run_guarded
+from tether.agent.iptables import Redirector
 from tether.agent.netns import NetnsExecutor
 
 netns, mode = Path(sys.argv[1]), sys.argv[2]
@@ -180,7 +180,7 @@ async def test_chains_of_another_live_agent_stay(
             guards.append(guard)
             _, err = guard.communicate(timeout=TIMEOUT)
             assert guard.returncode == 1
-            assert f"RedirectError: another tether agent (pid {owner.pid})" in err
+            assert f"tether-agent: another tether agent (pid {owner.pid})" in err
             assert "--dport 8443" in ns.iptables_save()
             await theirs.teardown()
     finally:
