@@ -4,6 +4,7 @@ Each session gets its own RootFS so open file handles die with the session.
 """
 
 import asyncio
+import errno
 import os
 import socket
 from collections.abc import Callable
@@ -26,14 +27,18 @@ _FAMILIES = {0: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}
 def _str(args: dict[str, Any], key: str) -> str:
     value = args.get(key)
     if not isinstance(value, str):
-        raise RemoteOpError(RemoteError("EINVAL", f"argument {key!r} must be a string", 22))
+        raise RemoteOpError(
+            RemoteError("EINVAL", f"argument {key!r} must be a string", errno.EINVAL)
+        )
     return value
 
 
 def _int(args: dict[str, Any], key: str, default: int | None = None) -> int:
     value = args.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise RemoteOpError(RemoteError("EINVAL", f"argument {key!r} must be an integer", 22))
+        raise RemoteOpError(
+            RemoteError("EINVAL", f"argument {key!r} must be an integer", errno.EINVAL)
+        )
     return value
 
 
@@ -41,7 +46,7 @@ def _globs(args: dict[str, Any], key: str, default: list[str]) -> list[str]:
     value = args.get(key, default)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RemoteOpError(
-            RemoteError("EINVAL", f"argument {key!r} must be a list of strings", 22)
+            RemoteError("EINVAL", f"argument {key!r} must be a list of strings", errno.EINVAL)
         )
     return value
 
@@ -86,7 +91,7 @@ class Operations:
         """Dispatch `op`; unknown ops are ENOSYS."""
         handler = getattr(self, "op_" + op.replace(".", "_"), None)
         if handler is None:
-            raise RemoteOpError(RemoteError("ENOSYS", f"unknown operation {op!r}", 38))
+            raise RemoteOpError(RemoteError("ENOSYS", f"unknown operation {op!r}", errno.ENOSYS))
         return await handler(args)
 
     async def op_env(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +152,9 @@ class Operations:
     async def op_fs_write(self, args: dict[str, Any]) -> int:
         data = args.get("data")
         if not isinstance(data, bytes):
-            raise RemoteOpError(RemoteError("EINVAL", "argument 'data' must be bytes", 22))
+            raise RemoteOpError(
+                RemoteError("EINVAL", "argument 'data' must be bytes", errno.EINVAL)
+            )
         return await asyncio.to_thread(
             self.fs.write, _int(args, "handle"), _int(args, "offset", -1), data
         )
@@ -177,10 +184,12 @@ class Operations:
         try:
             target = Target.find(container_id)
         except (TargetNotFound, ValueError) as exc:
-            raise RemoteOpError(RemoteError("ENOENT", str(exc), 2)) from None
+            raise RemoteOpError(RemoteError("ENOENT", str(exc), errno.ENOENT)) from None
         if not same_netns(target, self.target):
             raise RemoteOpError(
-                RemoteError("EXDEV", f"container {container_id} is not in this agent's pod", 18)
+                RemoteError(
+                    "EXDEV", f"container {container_id} is not in this agent's pod", errno.EXDEV
+                )
             )
         if target != self.target:
             self.fs.close_all()
@@ -206,17 +215,17 @@ class Operations:
         incoming, session = self._incoming()
         port = _int(args, "port")
         if not 0 < port < 65536:
-            raise RemoteOpError(RemoteError("EINVAL", f"port {port} is out of range", 22))
+            raise RemoteOpError(RemoteError("EINVAL", f"port {port} is out of range", errno.EINVAL))
         mode = args.get("mode")
         if mode not in ("mirror", "steal"):
-            raise RemoteOpError(RemoteError("EINVAL", "mode must be mirror or steal", 22))
+            raise RemoteOpError(RemoteError("EINVAL", "mode must be mirror or steal", errno.EINVAL))
         wire = args.get("filter")
         http_filter = None
         if wire is not None:
             try:
                 http_filter = HttpFilter.from_wire(wire)
             except ValueError as exc:
-                raise RemoteOpError(RemoteError("EINVAL", str(exc), 22)) from None
+                raise RemoteOpError(RemoteError("EINVAL", str(exc), errno.EINVAL)) from None
         who = args.get("who")
         if isinstance(who, str) and who:
             session.who = who

@@ -4,6 +4,7 @@ serves requests and streams inside the target's namespaces."""
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import itertools
 import logging
@@ -19,7 +20,7 @@ from tether.agent.netns import NetnsExecutor
 from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, host_network_refusal
-from tether.protocol import Connection, Role
+from tether.protocol import Connection, RemoteError, Role
 from tether.protocol.launch import ready_line
 from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
 from tether.tunnel.datagrams import relay_datagrams
@@ -167,12 +168,12 @@ class Agent:
 
     async def _stream(self, stream: TunnelStream) -> None:
         if stream.kind not in ("tcp", "udp"):
-            stream.reset("EOPNOTSUPP", f"unsupported stream kind {stream.kind!r}", 95)
+            stream.reset("EOPNOTSUPP", f"unsupported stream kind {stream.kind!r}", errno.EOPNOTSUPP)
             return
         host = stream.params.get("host")
         port = stream.params.get("port")
         if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
-            stream.reset("EINVAL", f"{stream.kind} stream needs host and port", 22)
+            stream.reset("EINVAL", f"{stream.kind} stream needs host and port", errno.EINVAL)
             return
         try:
             ip = await self._address(host)
@@ -185,8 +186,8 @@ class Agent:
             stream.reset(err.code, err.message, err.errno)
             return
         except OSError as exc:
-            code = _errno_name(exc.errno)
-            stream.reset(code, exc.strerror or str(exc), exc.errno)
+            err = RemoteError.from_os_error(exc)
+            stream.reset(err.code, err.message, err.errno)
             return
         stream.accept({"ip": ip, "port": port})
         if stream.kind == "udp":
@@ -201,9 +202,3 @@ class Agent:
         addresses = await self.resolver.resolve(host, socket.AF_UNSPEC)
         v4 = [a for a in addresses if ":" not in a]
         return (v4 or addresses)[0]
-
-
-def _errno_name(number: int | None) -> str:
-    import errno
-
-    return errno.errorcode.get(number or 0, "EIO")

@@ -3,6 +3,7 @@ out; the work lives in tether.local, tether.kube and the agent."""
 
 import asyncio
 import json
+import logging
 import shlex
 import signal
 import sys
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from tether import __version__
+from tether.cli.logs import route_logs
 from tether.config import (
     PRECEDENCE,
     ConfigError,
@@ -27,34 +29,21 @@ from tether.config import (
     user_config_dir,
     validate_config,
 )
-from tether.intercept.launcher import LaunchError
-from tether.intercept.seccomp import UnsupportedKernelError
-from tether.kube.errors import KubeError
+from tether.errors import UserError
 from tether.local.forward import (
     ForwardSpecError,
     bind_listeners,
     parse_local_forward,
     serve_forwards,
 )
-from tether.local.incoming import IncomingError, PortSpecError, parse_port_spec
+from tether.local.incoming import PortSpecError, parse_port_spec
 from tether.local.progress import Progress
 from tether.local.session import SessionError, open_session
-from tether.tunnel import RemoteOpError, TunnelClosedError
 
 F = TypeVar("F", bound=Callable[..., Any])
-_USER_ERRORS = (
-    ConfigError,
-    KubeError,
-    SessionError,
-    ForwardSpecError,
-    PortSpecError,
-    IncomingError,
-    RemoteOpError,
-    TunnelClosedError,
-    UnsupportedKernelError,
-    LaunchError,
-    OSError,
-)
+# What a user can act on: reported as one line. OSError covers the local machine's refusals
+# (a port in use, a file that cannot be read).
+_USER_ERRORS = (UserError, OSError)
 
 
 def _fail(message: str) -> None:
@@ -91,6 +80,12 @@ def run_async(main: Awaitable[int], *, cancel_on_signals: bool = True) -> int:
         return asyncio.run(wrapper())
     except _USER_ERRORS as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    except Exception as exc:
+        # A bug, but still one line (the traceback goes through the logs, shown with -v).
+        logging.getLogger("tether.cli").debug("internal error", exc_info=exc)
+        text = " ".join(str(exc).split())
+        what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        _fail(f"internal error: {what} (a bug in tether; -v shows where)")
     return 1
 
 
@@ -263,7 +258,9 @@ def build_config(opts: dict[str, Any]) -> tuple[TetherConfig, Progress]:
     the defaults: see resolve_config) and the progress printer."""
     quiet, verbose = opts.get("quiet", False), opts.get("verbose", False)
     config = _resolve(opts).config
-    return config, Progress(0 if quiet else 2 if verbose else 1)
+    progress = Progress(0 if quiet else 2 if verbose else 1)
+    route_logs(progress)
+    return config, progress
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -375,7 +372,7 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
                         await session.tunnel.wait_closed()
                 finally:
                     await incoming.close()
-                why = session.tunnel._closed
+                why = session.tunnel.closed_because
                 if why is not None:
                     raise SessionError(f"lost the tunnel to the agent: {why}")
         finally:

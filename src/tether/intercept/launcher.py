@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from errno import EACCES, EIO, ENOENT, ETIMEDOUT
 from typing import Final, NoReturn
 
+from tether.errors import UserError
 from tether.intercept.seccomp import (
     FilterProgram,
     Listener,
@@ -54,7 +55,7 @@ FORWARDED_SIGNALS: Final = (
 )
 
 
-class LaunchError(Exception):
+class LaunchError(UserError):
     """The child could not be prepared (bad cwd, filter refused, timeout); it has been reaped."""
 
     def __init__(self, errno: int, message: str) -> None:

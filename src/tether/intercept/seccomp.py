@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from errno import EINTR, EINVAL, ENOENT
 from typing import Final
 
+from tether.errors import UserError
+
 
 class Syscall(enum.IntEnum):
     """x86_64 syscall numbers of the calls the interceptor may trap."""
@@ -127,7 +129,7 @@ _ioctl.restype = ctypes.c_int
 _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
 
-class UnsupportedKernelError(RuntimeError):
+class UnsupportedKernelError(UserError, RuntimeError):
     """The running kernel (or machine) lacks what the interceptor needs."""
 
 

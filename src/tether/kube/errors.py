@@ -8,12 +8,14 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from tether.errors import UserError
+
 RBAC_HINT = (
     "ask for the minimal Role in the README's RBAC section, which lists every verb a session uses"
 )
 
 
-class KubeError(Exception):
+class KubeError(UserError):
     """Base of every Kubernetes-side error tether reports; str() is always one line."""
 
     def __init__(self, message: str) -> None:

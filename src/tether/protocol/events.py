@@ -1,5 +1,6 @@
 """What a `Connection` reports after `receive_data`."""
 
+import errno as errno_module
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,14 @@ class RemoteError:
     code: str
     message: str
     errno: int | None = None
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, message: str | None = None) -> "RemoteError":
+        """The error an OSError of this side becomes for the peer (its errno's name as the
+        code; EIO when it has none)."""
+        number = exc.errno or 0
+        code = errno_module.errorcode.get(number, "EIO")
+        return cls(code, message or exc.strerror or str(exc), exc.errno)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 stream carries connected UDP with its message boundaries intact."""
 
 import asyncio
+import errno
 import socket
 import struct
 
@@ -75,4 +76,4 @@ async def relay_datagrams(stream: TunnelStream, sock: socket.socket) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         sock.close()
-        stream.reset("ECONNABORTED", "udp flow closed", 103)
+        stream.reset("ECONNABORTED", "udp flow closed", errno.ECONNABORTED)

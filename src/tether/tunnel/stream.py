@@ -3,6 +3,7 @@
 import asyncio
 import collections
 import contextlib
+import errno
 from typing import TYPE_CHECKING, Any
 
 from tether.protocol import RemoteError
@@ -121,7 +122,7 @@ class TunnelStream:
                 while data := await reader.read(_RELAY_CHUNK):
                     await self.write(data)
             except ConnectionError:
-                self.reset("ECONNRESET", "connection reset", 104)
+                self.reset("ECONNRESET", "connection reset", errno.ECONNRESET)
                 return
             self.write_eof()
 
@@ -135,7 +136,7 @@ class TunnelStream:
                     writer.write_eof()
             except (OSError, StreamResetError):
                 # OSError covers ENOTCONN from write_eof on a socket the client already shut.
-                self.reset("ECONNRESET", "connection reset", 104)
+                self.reset("ECONNRESET", "connection reset", errno.ECONNRESET)
                 writer.transport.abort()
 
         try:

@@ -2,12 +2,14 @@
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tether.errors import UserError
 from tether.protocol import (
     Connection,
     ConnectionTerminated,
@@ -36,11 +38,11 @@ StreamHandler = Callable[[TunnelStream], Awaitable[None]]
 _WRITE_CHUNK = 256 * 1024
 
 
-class TunnelClosedError(ConnectionError):
+class TunnelClosedError(UserError, ConnectionError):
     """The tunnel is gone (transport closed, protocol error, or rejected handshake)."""
 
 
-class RemoteOpError(Exception):
+class RemoteOpError(UserError):
     """The peer answered a request or a stream open with an error."""
 
     def __init__(self, error: RemoteError) -> None:
@@ -106,6 +108,11 @@ class Tunnel:
         return self._closed
 
     @property
+    def closed_because(self) -> BaseException | None:
+        """Why the tunnel closed (None while it is open)."""
+        return self._closed
+
+    @property
     def closed(self) -> bool:
         """Whether the tunnel has ended."""
         return self._done.is_set()
@@ -129,7 +136,7 @@ class Tunnel:
         self._closed = why
         self._done.set()
         closed = TunnelClosedError(str(why) if why else "tunnel closed")
-        gone = RemoteError("ECONNRESET", "tunnel closed", 104)
+        gone = RemoteError("ECONNRESET", "tunnel closed", errno.ECONNRESET)
         for fut in [*self._pending.values(), *self._opening.values(), *self._pongs.values()]:
             if not fut.done():
                 fut.set_exception(closed)
@@ -214,7 +221,9 @@ class Tunnel:
             stream = TunnelStream(self, event.stream_id, event.kind, event.params)
             self._streams[event.stream_id] = stream
             if self._on_stream is None:
-                self._reset(event.stream_id, RemoteError("EOPNOTSUPP", "no streams here", 95))
+                self._reset(
+                    event.stream_id, RemoteError("EOPNOTSUPP", "no streams here", errno.EOPNOTSUPP)
+                )
             else:
                 self._spawn(self._serve_stream(stream))
         elif isinstance(event, StreamAccepted):
@@ -254,17 +263,18 @@ class Tunnel:
     async def _serve_request(self, event: RequestReceived) -> None:
         try:
             if self._on_request is None:
-                raise RemoteOpError(RemoteError("ENOSYS", f"unsupported operation {event.op}", 38))
+                raise RemoteOpError(
+                    RemoteError("ENOSYS", f"unsupported operation {event.op}", errno.ENOSYS)
+                )
             result = await self._on_request(event.op, event.args)
         except RemoteOpError as exc:
             self._answer_error(event.request_id, exc.error)
         except OSError as exc:
-            code = _errno_name(exc.errno)
-            self._answer_error(event.request_id, RemoteError(code, str(exc), exc.errno))
+            self._answer_error(event.request_id, RemoteError.from_os_error(exc, str(exc)))
         except Exception as exc:  # one bad request must never take the tunnel down
             log.exception("request %s failed", event.op)
             self._answer_error(
-                event.request_id, RemoteError("EIO", f"{type(exc).__name__}: {exc}", 5)
+                event.request_id, RemoteError("EIO", f"{type(exc).__name__}: {exc}", errno.EIO)
             )
         else:
             if not self._done.is_set():
@@ -282,7 +292,7 @@ class Tunnel:
             await self._on_stream(stream)
         except Exception as exc:
             log.exception("stream %s (%s) failed", stream.id, stream.kind)
-            stream.reset("EIO", str(exc), 5)
+            stream.reset("EIO", str(exc), errno.EIO)
         finally:
             self._forget(stream.id)
 
@@ -364,9 +374,3 @@ class Tunnel:
             return await asyncio.wait_for(fut, timeout) - sent
         finally:
             self._pongs.pop(token, None)
-
-
-def _errno_name(number: int | None) -> str:
-    import errno
-
-    return errno.errorcode.get(number or 0, "EIO")

@@ -3,6 +3,7 @@ sockets (the client, the original app) and tunnel streams (a session's local app
 
 import asyncio
 import contextlib
+import errno
 from typing import Protocol
 
 from tether.tunnel import TunnelStream
@@ -87,7 +88,7 @@ class StreamPipe:
         self.stream.write_eof()
 
     def abort(self) -> None:
-        self.stream.reset("ECONNRESET", "connection reset", 104)
+        self.stream.reset("ECONNRESET", "connection reset", errno.ECONNRESET)
 
     async def close(self) -> None:
         self.stream.write_eof()
