@@ -6,8 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,15 +23,20 @@ GREETING = "greeting: hello from the shop's staging config"
 
 
 def texec(
-    *command: str, cwd: str | None = None, timeout: float = 120
+    *command: str,
+    cwd: str | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """`tether exec -q [FRONTEND] -- COMMAND`."""
+    """`tether exec -q [FRONTEND] -- COMMAND`, with `env` added to tether's environment and
+    run through the `prefix` command (e.g. one that sets up a mount namespace)."""
     return subprocess.run(
-        [sys.executable, "-m", "tether", "exec", "-q", *FRONTEND, "--", *command],
+        [*prefix, sys.executable, "-m", "tether", "exec", "-q", *FRONTEND, "--", *command],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=tether_env(),
+        env={**tether_env(), **(env or {})},
         cwd=cwd,
         check=False,
     )
@@ -236,30 +244,49 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True)
 
 
-def test_outgoing_filter_sends_a_chosen_destination_to_the_local_side(tmp_path: Path) -> None:
-    """A server on a test-only network namespace, reachable from this machine but not from
-    the pod: only the `network.outgoing.local` filter makes the connection work."""
-    ns, host_if, ns_if = "tether-e2e-out", "tth-out0", "tth-out1"
+@contextmanager
+def netns_http_server(
+    ns: str, host_if: str, ns_if: str, host_ip: str, ns_ip: str, port: int, directory: Path
+) -> Iterator[str]:
+    """An HTTP server for `directory` in a new network namespace joined to this machine by a
+    veth pair (a /30: `host_ip` here, `ns_ip` there), reachable from this machine but not from
+    the pod; yields its base URL. Everything is removed on the way out."""
     server: subprocess.Popen[bytes] | None = None
     try:
         _ip("netns", "add", ns)
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         _ip("link", "set", ns_if, "netns", ns)
-        _ip("addr", "add", "198.51.100.1/30", "dev", host_if)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
         _ip("link", "set", host_if, "up")
-        _ip("-n", ns, "addr", "add", "198.51.100.2/30", "dev", ns_if)
+        _ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
         _ip("-n", ns, "link", "set", ns_if, "up")
-        (tmp_path / "hello.txt").write_text("from the local side\n")
         server = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "http.server", "--bind",
-             "198.51.100.2", "18555", "--directory", str(tmp_path)],
+             ns_ip, str(port), "--directory", str(directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        url = "http://198.51.100.2:18555/hello.txt"
+        base = f"http://{ns_ip}:{port}"
         for _ in range(100):
-            if subprocess.run(["curl", "-sf", url], capture_output=True).returncode == 0:
+            if subprocess.run(["curl", "-sf", base + "/"], capture_output=True).returncode == 0:
                 break
             time.sleep(0.1)
+        yield base
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", host_if], check=False)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_outgoing_filter_sends_a_chosen_destination_to_the_local_side(tmp_path: Path) -> None:
+    """A server on a test-only network namespace, reachable from this machine but not from
+    the pod: only the `network.outgoing.local` filter makes the connection work."""
+    (tmp_path / "hello.txt").write_text("from the local side\n")
+    with netns_http_server(
+        "tether-e2e-out", "tth-out0", "tth-out1", "198.51.100.1", "198.51.100.2", 18555, tmp_path
+    ) as base:
+        url = base + "/hello.txt"
         config = tmp_path / "tether.toml"
         config.write_text('[network.outgoing]\nlocal = ["198.51.100.0/30"]\n')
         local = texec("curl", "-sf", "--max-time", "10", url, cwd=str(tmp_path))
@@ -268,12 +295,64 @@ def test_outgoing_filter_sends_a_chosen_destination_to_the_local_side(tmp_path: 
         config.unlink()
         remote = texec("curl", "-sf", "--max-time", "10", url, cwd=str(tmp_path))
         assert remote.returncode != 0, "without the filter the pod makes the connection"
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "link", "del", host_if], check=False)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+NAMED = "api.tether-e2e.test"  # a made-up suffix: only the test's own hosts file knows it
+NAMED_CLIENT = textwrap.dedent(
+    f"""
+    import json, socket, urllib.request
+    address = socket.gethostbyname({NAMED!r})
+    try:
+        local = urllib.request.urlopen("http://{NAMED}:18556/hello.txt", timeout=10).read()
+        local = local.decode()
+    except OSError as exc:
+        local = f"error: {{exc}}"
+    backend = json.loads(urllib.request.urlopen("http://backend/named", timeout=10).read())
+    print(json.dumps({{"address": address, "local": local, "backend": backend["path"]}}))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # The name resolves on this machine because the outgoing filter names it.
+        '[network.outgoing]\nlocal = ["*.tether-e2e.test"]\n',
+        # A filter with a port, and the name's resolution set explicitly.
+        f'[network.outgoing]\nlocal = ["{NAMED}:18556"]\n'
+        '[network.dns]\nlocal = ["*.tether-e2e.test"]\n',
+    ],
+    ids=["dns-follows-the-filter", "filter-with-a-port"],
+)
+def test_outgoing_name_filter_sends_a_looked_up_name_to_the_local_side(
+    tmp_path: Path, config: str
+) -> None:
+    """The test server's name exists only in a hosts file this test bind-mounts over
+    /etc/hosts in a mount namespace of its own (tether's local resolver reads it; the pod and
+    the rest of the machine never see it): a name pattern in `network.outgoing.local` makes
+    the process's connection to it local, while `backend` still goes through the pod."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "hello.txt").write_text("from the local side, by name\n")
+    hosts = tmp_path / "hosts"
+    hosts.write_text(Path("/etc/hosts").read_text() + f"\n198.51.100.6 {NAMED}\n")
+    in_mount_ns = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+                   str(hosts)]  # fmt: skip
+    (tmp_path / "tether.toml").write_text(config)
+    with netns_http_server(
+        "tether-e2e-name", "tth-name0", "tth-name1", "198.51.100.5", "198.51.100.6", 18556, site
+    ):
+        proc = texec("python3", "-c", NAMED_CLIENT, cwd=str(tmp_path), prefix=in_mount_ns)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        assert got == {"address": "198.51.100.6", "local": "from the local side, by name\n",
+                       "backend": "/named"}, proc.stderr  # fmt: skip
+        (tmp_path / "tether.toml").write_text('[network.dns]\nlocal = ["*.tether-e2e.test"]\n')
+        without = texec("python3", "-c", NAMED_CLIENT, cwd=str(tmp_path), prefix=in_mount_ns)
+        assert without.returncode == 0, without.stderr
+        assert json.loads(without.stdout)["local"].startswith("error:"), (
+            "without the outgoing filter the pod makes the connection"
+        )
 
 
 REQUESTS_AND_ASYNCIO = textwrap.dedent(
@@ -407,3 +486,67 @@ def test_dns_local_patterns_resolve_on_this_machine(tmp_path: Path) -> None:
     assert remote.startswith("198.19.")
     without = texec("python3", "-c", f"import socket; socket.gethostbyname({name!r})")
     assert without.returncode != 0, f"without the pattern the pod cannot resolve {name!r}"
+
+
+PROGRAM_FILES: dict[str, str] = {
+    "pkg/shopapp/__init__.py": textwrap.dedent(
+        """
+        from pathlib import Path
+        from shopapp.sub import helper
+        VALUE = helper() + " " + (Path(__file__).parent / "data.txt").read_text().strip()
+        """
+    ),
+    "pkg/shopapp/sub/__init__.py": "def helper():\n    return 'imported'\n",
+    "pkg/shopapp/data.txt": "with its data\n",
+    "js/app.js": textwrap.dedent(
+        """
+        const fs = require("fs");
+        const lib = require("./lib");
+        const settings = require("./settings.json");
+        const config = fs.readFileSync("/etc/shop/config.yaml", "utf8");
+        console.log(JSON.stringify({lib: lib.name, settings: settings.name,
+          dir: fs.realpathSync(__dirname), greeting: config.includes("greeting")}));
+        """
+    ),
+    "js/lib/index.js": 'module.exports = {name: "lib"};\n',
+    "js/settings.json": '{"name": "settings"}\n',
+    "make/Makefile": (
+        "include fanout.mk\nall:\n\t@echo $(FANOUT)\n\t@grep greeting /etc/shop/config.yaml\n"
+    ),
+    "make/fanout.mk": "FANOUT := fanned out\n",
+    "make/notes.txt": "local notes\n",
+}
+
+
+def test_program_files_outside_the_usual_directories_stay_local(tmp_path: Path) -> None:
+    """A program's sources outside the working, home and temporary directories (a second
+    checkout, a devcontainer's /workspaces): a package on PYTHONPATH, a node script and a
+    makefile there work, with their non-code files, while /etc/shop is still the pod's."""
+    root = Path(tempfile.mkdtemp(prefix="tether-e2e-", dir="/srv"))
+    try:
+        for name, text in PROGRAM_FILES.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        here = str(tmp_path)
+        script = (
+            "import shopapp; print(shopapp.VALUE);"
+            "print('greeting' in open('/etc/shop/config.yaml').read())"
+        )
+        py = texec("python3", "-c", script, cwd=here, env={"PYTHONPATH": str(root / "pkg")})
+        assert py.returncode == 0, py.stderr
+        assert py.stdout.splitlines() == ["imported with its data", "True"]
+        if shutil.which("node") is None:
+            pytest.fail("node is not installed (scripts/bootstrap.sh installs nodejs)")
+        node = texec("node", str(root / "js" / "app.js"), cwd=here)
+        assert node.returncode == 0, node.stderr
+        assert json.loads(node.stdout) == {"lib": "lib", "settings": "settings",
+                                           "dir": str(root / "js"), "greeting": True}  # fmt: skip
+        make = texec("make", "--no-print-directory", "-C", str(root / "make"), cwd=here)
+        assert make.returncode == 0, make.stderr
+        assert make.stdout.splitlines() == ["fanned out", GREETING]
+        sh = texec("sh", "-c", f"cd {root / 'make'} && ls && cat notes.txt", cwd=here)
+        assert sh.returncode == 0, sh.stderr
+        assert sh.stdout.split() == ["Makefile", "fanout.mk", "notes.txt", "local", "notes"]
+        assert not Path("/etc/shop/config.yaml").exists(), "the file must exist only in the pod"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,15 +1,24 @@
-"""A DNS responder for `network.dns.local`: names matching a local pattern are resolved on this
-machine, every other query goes to the pod's nameserver through the tunnel.
+"""The DNS responder of an intercepted process tree.
 
-Only used when local DNS patterns are configured; otherwise the process's DNS connections to
-the pod's nameserver are redirected through the tunnel like any other connection.
+The supervisor hands it every connection the process makes to one of its nameservers (port
+53 of an address in the resolv.conf the process reads), and it answers each query on the
+side `DnsRules` picks for the name:
+- through the pod: the query goes to the pod's nameserver through the tunnel, over TCP;
+- locally, while the process resolves through the pod: from this machine's resolver
+  (getaddrinfo, so its hosts file counts too), A and AAAA only;
+- locally, while the process resolves locally (`DnsRules.through_pod` false): the query goes
+  as it is, over the protocol the process used, to the nameserver it asked, which is then
+  this machine's.
+
+Every answer, from either side, teaches the `NameCache` which names each address came from,
+so that `network.outgoing` name patterns can apply to the connections that follow.
 """
 
 import asyncio
 import contextlib
 import socket
 import struct
-from typing import Any
+from typing import Any, Literal
 
 import dns.exception
 import dns.message
@@ -17,22 +26,51 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from tether.local.names import NameCache
 from tether.local.progress import Progress
 from tether.local.rules import DnsRules, Side
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 _LEN = struct.Struct("!H")
 _FAMILIES = {dns.rdatatype.A: socket.AF_INET, dns.rdatatype.AAAA: socket.AF_INET6}
+_UDP_MAX = 65535
+
+Proto = Literal["tcp", "udp"]
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise ConnectionError("the nameserver closed the connection")
+        data += chunk
+    return data
 
 
 class DnsProxy(asyncio.DatagramProtocol):
     """TCP and UDP responder on loopback; callers are paired with their nameserver by source
     port (`expect`), as the outgoing proxy does."""
 
-    def __init__(self, tunnel: Tunnel, rules: DnsRules, progress: Progress) -> None:
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        rules: DnsRules,
+        progress: Progress,
+        *,
+        names: NameCache | None = None,
+        pod_nameserver: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Answer with `rules`; learn into `names`. `pod_nameserver` is where queries for
+        names resolved through the pod go when the process itself asks a local nameserver;
+        `timeout` bounds a query forwarded to a local nameserver."""
         self.tunnel = tunnel
         self.rules = rules
         self.progress = progress
+        self.names = names
+        self.pod_nameserver = pod_nameserver
+        self.timeout = timeout
         self._servers: dict[int, tuple[str, int]] = {}  # source port -> nameserver
         self._tcp: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -74,7 +112,7 @@ class DnsProxy(asyncio.DatagramProtocol):
             while server is not None:
                 header = await reader.readexactly(2)
                 query = await reader.readexactly(_LEN.unpack(header)[0])
-                reply = await self.answer(query, server)
+                reply = await self.answer(query, server, "tcp")
                 writer.write(_LEN.pack(len(reply)) + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -88,8 +126,8 @@ class DnsProxy(asyncio.DatagramProtocol):
             return
 
         async def reply() -> None:
-            answer = await self.answer(data, server)
-            if self._udp is not None:
+            answer = await self.answer(data, server, "udp")
+            if self._udp is not None and answer:
                 self._udp.sendto(answer, addr)
 
         task = asyncio.ensure_future(reply())
@@ -98,22 +136,58 @@ class DnsProxy(asyncio.DatagramProtocol):
 
     # -- answering -----------------------------------------------------------------------------
 
-    async def answer(self, query: bytes, server: tuple[str, int]) -> bytes:
-        """The reply to one DNS message: local for local names, else the pod nameserver's."""
+    async def answer(self, query: bytes, server: tuple[str, int], proto: Proto = "tcp") -> bytes:
+        """The reply to one DNS message the process sent to `server` over `proto`."""
         try:
             message = dns.message.from_wire(query)
             question = message.question[0]
         except (dns.exception.DNSException, IndexError):
             return query[:2] + b"\x81\x01" + query[4:12] if len(query) >= 12 else b""
         name = question.name.to_text()
-        if self.rules.decide(name) is Side.LOCAL:
-            return await self._local(message, question)
         try:
-            return await self._remote(query, server)
-        except (RemoteOpError, TunnelClosedError, ConnectionError, asyncio.IncompleteReadError):
+            if self.rules.decide(name) is Side.REMOTE:
+                reply = await self._remote(query, self._pod_server(server))
+            elif self.rules.through_pod:
+                reply = await self._local(message, question)
+            else:
+                reply = await self._forward(query, server, proto)
+        except (
+            RemoteOpError,
+            TunnelClosedError,
+            OSError,
+            asyncio.IncompleteReadError,
+            LookupError,
+        ):
             failure = dns.message.make_response(message)
             failure.set_rcode(dns.rcode.SERVFAIL)
             return failure.to_wire()
+        if self.names is not None:
+            self.names.learn_reply(reply)
+        return reply
+
+    def _pod_server(self, server: tuple[str, int]) -> tuple[str, int]:
+        if self.rules.through_pod:
+            return server  # the process asked the pod's nameserver itself
+        if self.pod_nameserver is None:
+            raise LookupError("the pod has no nameserver")
+        return (self.pod_nameserver, 53)
+
+    async def _forward(self, query: bytes, server: tuple[str, int], proto: Proto) -> bytes:
+        """Ask a nameserver of this machine directly (TimeoutError, an OSError, if it does
+        not answer in time)."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+        with socket.socket(family, kind) as sock:
+            sock.setblocking(False)
+            async with asyncio.timeout(self.timeout):
+                await loop.sock_connect(sock, server)
+                if proto == "udp":
+                    await loop.sock_sendall(sock, query)
+                    return await loop.sock_recv(sock, _UDP_MAX)
+                await loop.sock_sendall(sock, _LEN.pack(len(query)) + query)
+                size = _LEN.unpack(await _recv_exactly(loop, sock, _LEN.size))[0]
+                return await _recv_exactly(loop, sock, size)
 
     async def _local(self, message: dns.message.Message, question: dns.rrset.RRset) -> bytes:
         response = dns.message.make_response(message)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -20,11 +21,12 @@ from tether.intercept.seccomp import Syscall, require_kernel
 from tether.local.dns_proxy import DnsProxy
 from tether.local.environment import compose_env
 from tether.local.incoming import IncomingClient
+from tether.local.names import NameCache
 from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
-from tether.local.rules import DnsRules, FileRules, NetRules
-from tether.local.served import nsswitch_for_process, resolv_conf_for_process
+from tether.local.rules import DnsRules, FileRules, NetRules, PathKind, program_dirs
+from tether.local.served import nameservers_in, nsswitch_for_process, resolv_conf_for_process
 from tether.local.session import open_session
 from tether.local.supervisor import ALLOW_IF, TRAPPED, WRITE_TRAPPED, Supervisor
 from tether.tunnel import RemoteOpError, Tunnel
@@ -87,6 +89,14 @@ async def _warn_when_lost(tunnel: Tunnel, progress: Progress) -> None:
     )
 
 
+def _path_kind(path: str) -> PathKind:
+    try:
+        mode = Path(path).stat().st_mode
+    except (OSError, ValueError):
+        return None
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
 async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) -> int:
     """Run `argv` in the target's context; return its exit status (127 if not found)."""
     require_kernel()
@@ -94,6 +104,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
     executable = shutil.which(argv[0], path=local_env.get("PATH")) or argv[0]
     cwd, home = str(Path.cwd()), str(Path.home())
     executable = str(Path(cwd, executable))
+    dns_rules = DnsRules(config.network, fs_mode=config.fs.mode)
     async with open_session(config, progress) as session:
         tunnel = session.tunnel
         remote_env = (
@@ -102,17 +113,19 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             )
         )["env"]
         hostname = (await tunnel.request("hostname", {}))["hostname"]
+        try:
+            pod_resolv = await RemoteFiles(tunnel).read_text("/etc/resolv.conf")
+        except RemoteOpError:
+            pod_resolv = ""
         served: dict[str, bytes] = {}
-        dns = config.network.dns.enabled and config.fs.mode != "local"
-        if dns:
-            try:
-                resolv = await RemoteFiles(tunnel).read_text("/etc/resolv.conf")
-            except RemoteOpError:
-                resolv = ""
-            served["/etc/resolv.conf"] = resolv_conf_for_process(resolv).encode()
+        if dns_rules.through_pod:
+            resolv = resolv_conf_for_process(pod_resolv)
+            served["/etc/resolv.conf"] = resolv.encode()
             served["/etc/nsswitch.conf"] = nsswitch_for_process(
                 _local_text("/etc/nsswitch.conf")
             ).encode()
+        else:
+            resolv = _local_text("/etc/resolv.conf")
         env = compose_env(local_env, remote_env, config.env.override)
         files = FileRules(
             config.fs,
@@ -120,22 +133,27 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             home=home,
             executable=executable,
             temp_dirs=[tempfile.gettempdir()],
-            remote_dns_files=dns,
+            program_dirs=program_dirs(argv, env, cwd=cwd, kind=_path_kind),
+            remote_dns_files=dns_rules.through_pod,
         )
         proxy = OutgoingProxy(progress)
         await proxy.start()
         udp = UdpProxy(progress)
         await udp.start()
-        dns_proxy: DnsProxy | None = None
-        nameservers: frozenset[str] = frozenset()
-        if dns and config.network.dns.local:
-            dns_proxy = DnsProxy(tunnel, DnsRules(config.network), progress)
-            await dns_proxy.start()
-            nameservers = frozenset(
-                line.split()[1]
-                for line in served["/etc/resolv.conf"].decode().splitlines()
-                if line.startswith("nameserver") and len(line.split()) > 1
-            )
+        # Every query the process sends to a nameserver goes through the DNS proxy, which
+        # resolves each name on the side DnsRules picks and learns the names behind each
+        # address for the outgoing name filters.
+        names = NameCache()
+        pod_nameservers = nameservers_in(pod_resolv)
+        dns_proxy = DnsProxy(
+            tunnel,
+            dns_rules,
+            progress,
+            names=names,
+            pod_nameserver=pod_nameservers[0] if pod_nameservers else None,
+        )
+        await dns_proxy.start()
+        nameservers = frozenset(nameservers_in(resolv))
         loop = asyncio.get_running_loop()
         remote_writes = config.fs.mode == "write" or bool(config.fs.read_write)
         trapped = (*TRAPPED, *WRITE_TRAPPED) if remote_writes else TRAPPED
@@ -152,6 +170,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             served=served,
             dns_proxy=dns_proxy,
             nameservers=nameservers,
+            names=names,
             pod_ip=session.target.pod_ip if session.target else None,
         )
         supervisor.on_fatal = lambda: _kill_tree(launch.pid)
@@ -179,15 +198,15 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             supervisor.cleanup()
             await proxy.close()
             await udp.close()
-            if dns_proxy is not None:
-                await dns_proxy.close()
+            await dns_proxy.close()
         error = launch.exec_error()
         if error is not None:
             print(error, file=sys.stderr, flush=True)
         if supervisor.fatal:
             progress.warn(f"the interceptor failed ({supervisor.failure}); the process was ended")
-        elif supervisor.failure is not None:
-            progress.warn(f"the interceptor hit an internal error: {supervisor.failure}")
+        if supervisor.internal_errors:
+            # The first one was shown when it happened.
+            progress.detail(f"{supervisor.internal_errors} internal errors in the interceptor")
         counts = ", ".join(f"{Syscall(nr).name} {n}" for nr, n in supervisor.by_nr.most_common())
         progress.detail(f"{supervisor.count} syscalls intercepted ({counts})")
         return code

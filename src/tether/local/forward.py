@@ -9,11 +9,12 @@ from asyncio import StreamReader, StreamWriter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from tether.errors import UserError
 from tether.local.progress import Progress
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 
-class ForwardSpecError(ValueError):
+class ForwardSpecError(UserError, ValueError):
     """A -L value that does not parse; the message names the accepted form."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tether.config.models import IncomingConfig
+from tether.errors import UserError
 from tether.local.progress import Progress
 from tether.protocol import RemoteError
 from tether.tunnel import RemoteOpError, Tunnel, TunnelStream
@@ -18,11 +19,11 @@ CONNECT_TIMEOUT = 5.0
 _LOOPBACKS = (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6))
 
 
-class IncomingError(Exception):
+class IncomingError(UserError):
     """The agent refused a subscription; the message is one line for the user."""
 
 
-class PortSpecError(ValueError):
+class PortSpecError(UserError, ValueError):
     """A malformed REMOTE[:LOCAL] port specification."""
 
 

@@ -17,12 +17,14 @@ class RemoteFiles:
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
 
-    async def read_into_memfd(self, path: str) -> int:
+    async def read_into_memfd(self, path: str, *, memfd_name: str | None = None) -> int:
         """A memfd (our fd) holding the remote file's bytes, read in chunks so a big file never
-        sits in memory whole. Raises RemoteOpError (with errno) if the agent cannot open it."""
+        sits in memory whole; named `memfd_name` (default: the file's name). Raises
+        RemoteOpError (with errno) if the agent cannot open it."""
         opened = await self.tunnel.request("fs.open", {"path": path, "flags": os.O_RDONLY})
         handle = opened["handle"]
-        fd = os.memfd_create(PurePosixPath(path).name or "tether", os.MFD_CLOEXEC)
+        name = memfd_name or PurePosixPath(path).name or "tether"
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             offset = 0
             while True:

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +34,7 @@ __all__ = [
     "FileRules",
     "NetRules",
     "Side",
+    "program_dirs",
 ]
 
 
@@ -144,6 +145,10 @@ _CODE_SUFFIXES = (
     ".pl",
     ".pm",
 )
+# Files that say how the interpreter finds the program's code: a virtual environment's
+# configuration (next to its bin/, so outside it) and a node package's manifest (read in every
+# directory on the way up from a script, and for each directory that is required).
+_CODE_NAMES = frozenset({"pyvenv.cfg", "package.json"})
 # Versioned shared libraries (libssl.so.3, libc.so.6), not any name with ".so." in it.
 _SO_VERSION = re.compile(r"\.so(?:\.[0-9]+)+$")
 # Package directories; a .json under node_modules is covered by the whole tree being local.
@@ -152,7 +157,7 @@ _CODE_DIRS = re.compile(r"/(?:node_modules|__pycache__|site-packages|dist-packag
 
 def _is_code(path: str) -> bool:
     base = path[path.rfind("/") + 1 :]
-    if base.endswith(_CODE_SUFFIXES):
+    if base.endswith(_CODE_SUFFIXES) or base in _CODE_NAMES:
         return True
     if ".so." in base and _SO_VERSION.search(base) is not None:
         return True
@@ -172,6 +177,67 @@ def _ancestors(path: str) -> Iterable[str]:
         parent = posixpath.dirname(parent)
 
 
+# Where a program's own place can never be: the root, the directory of every home, and the
+# system's configuration and variable data, where the pod's own files are (a program run from
+# /srv/app makes /srv/app local; a `cat /etc/os-release` must not make /etc local).
+_NOT_PROGRAM_PLACES = frozenset({"/", "/home"})
+_NOT_PROGRAM_TREES = ("/etc", "/var")
+
+
+def _is_program_place(path: str) -> bool:
+    if path in _NOT_PROGRAM_PLACES:
+        return False
+    return not any(path == tree or path.startswith(tree + "/") for tree in _NOT_PROGRAM_TREES)
+
+
+def _within_or_above(path: str, directory: str) -> bool:
+    """Whether `path` is `directory`, below it, or one of the directories leading to it."""
+    if path == directory or path.startswith(directory + "/"):
+        return True
+    return path != "/" and directory.startswith(path + "/")
+
+
+PathKind = Literal["dir", "file"] | None
+
+_MAX_PATH = 4096
+
+
+def program_dirs(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str,
+    kind: Callable[[str], PathKind],
+) -> tuple[str, ...]:
+    """The directories that hold a program's own files, from how it is started: every entry
+    of PYTHONPATH and NODE_PATH, every directory named on the command line (`-C DIR`,
+    `--app-dir=DIR`), and the directory of every file named there (the script, a makefile).
+
+    Only paths that exist on this machine count (`kind` tells what a local path is, None if
+    nothing is there): a path the user typed that exists only in the pod is the pod's. A word
+    without a `/` is skipped, since relative to `cwd` it is inside it. `cwd` must be absolute.
+    """
+    candidates: list[str] = []
+    for variable in ("PYTHONPATH", "NODE_PATH"):
+        candidates.extend(entry for entry in env.get(variable, "").split(":") if entry)
+    for arg in argv[1:]:
+        if arg.startswith("-"):
+            arg = arg.partition("=")[2]
+        if "/" in arg:
+            candidates.append(arg)
+    found: dict[str, None] = {}
+    for candidate in candidates:
+        if "\0" in candidate or len(candidate) > _MAX_PATH:
+            continue
+        path = posixpath.normpath(posixpath.join(cwd, candidate))
+        what = kind(path)
+        if what == "dir":
+            found[path] = None
+        elif what == "file":
+            found[posixpath.dirname(path)] = None
+    return tuple(found)
+
+
 def _compile_any(regexes: Iterable[str]) -> re.Pattern[str] | None:
     parts = [f"(?:{regex})" for regex in regexes]
     return re.compile("|".join(parts)) if parts else None
@@ -182,15 +248,18 @@ class FileRules:
 
     Precedence: the explicit patterns (`not_found`, then `local`, `read_write`, `read_only`);
     in mode "local" everything else is local. Otherwise the defaults: /etc/resolv.conf,
-    /etc/hosts and /etc/hostname are the target's (read-only); system trees, the working
-    directory, home directory and temporary directories (each with everything below it, and
-    the directories leading to them), the executable, and interpreter/library files anywhere
-    (by extension, or under node_modules/, __pycache__/, site-packages/, dist-packages/) are
-    local. Anything else follows the mode: "read" reads the target's file and writes a local
-    one; "write" reads and writes the target's.
+    /etc/hosts and /etc/hostname are the target's (read-only); local are the system trees, the
+    program's places (each with everything below it, and the directories leading to it: the
+    working, home and temporary directories, the `program_dirs`, and the calling process's
+    current directory wherever it moved), the executable and the directories leading to it,
+    and interpreter/library files anywhere (by extension, a few names such as package.json
+    and pyvenv.cfg, or under node_modules/, __pycache__/, site-packages/, dist-packages/).
+    Anything else follows the mode: "read" reads the target's file and writes a local one;
+    "write" reads and writes the target's.
 
     The working, home and temporary directories are skipped when they are `/`, which would
-    otherwise make every file local.
+    otherwise make every file local. The `program_dirs` and current directories are also
+    skipped when they are /home or at or under /etc or /var, where the pod's own files live.
     """
 
     def __init__(
@@ -201,20 +270,24 @@ class FileRules:
         home: str,
         executable: str,
         temp_dirs: Sequence[str] = (),
+        program_dirs: Sequence[str] = (),
         remote_dns_files: bool = True,
         cache_size: int = 65536,
     ) -> None:
         """Compile `config` for this process.
 
-        `cwd`, `home`, `executable` and `temp_dirs` must be absolute. `remote_dns_files` False
-        (for a session whose DNS is local, `network.dns.enabled` false) makes /etc/resolv.conf,
-        /etc/hosts and /etc/hostname local defaults instead of the target's.
+        `cwd`, `home`, `executable`, `temp_dirs` and `program_dirs` (see `program_dirs()`) must
+        be absolute. `remote_dns_files` False (for a session whose DNS is local, see
+        `DnsRules.through_pod`) makes /etc/resolv.conf, /etc/hosts and /etc/hostname local
+        defaults instead of the target's.
         """
         cwd = _absolute("cwd", cwd)
         home = _absolute("home", home)
         executable = _absolute("executable", executable)
         trees = [cwd, home, *(_absolute("temp_dirs entry", t) for t in temp_dirs)]
         trees = [tree for tree in trees if tree != "/"]
+        places = (_absolute("program_dirs entry", d) for d in program_dirs)
+        trees.extend(place for place in places if _is_program_place(place))
 
         self._mode = config.mode
         self._not_found = _compile_any(path_pattern_regex(p, home) for p in config.not_found)
@@ -238,31 +311,47 @@ class FileRules:
         # Bound to this instance (not the class) so that the cache dies with the rules.
         self._cached = functools.lru_cache(maxsize=cache_size)(self._decide)
 
-    def decide(self, path: str, *, write: bool) -> FileAction:
+    def decide(
+        self, path: str, *, write: bool, cwd: Callable[[], str | None] | None = None
+    ) -> FileAction:
         """The action for `path` (absolute and normalized), opened for writing when `write`
-        (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC or O_APPEND)."""
-        return self._cached(path, write)
+        (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC or O_APPEND).
 
-    def _decide(self, path: str, write: bool) -> FileAction:
+        `cwd` gives the calling process's current directory (absolute and normalized; None if
+        unknown); it is called only when the answer depends on it, so it may do I/O.
+        """
+        action, by_mode = self._cached(path, write)
+        if by_mode and cwd is not None:
+            current = cwd()
+            if (
+                current is not None
+                and _is_program_place(current)
+                and _within_or_above(path, current)
+            ):
+                return FileAction.LOCAL
+        return action
+
+    def _decide(self, path: str, write: bool) -> tuple[FileAction, bool]:
+        """The action, and whether only the mode decided it (so a default may still apply)."""
         if not path.startswith("/"):
             raise ValueError(f"not an absolute path: {path!r}")
         if self._not_found is not None and self._not_found.fullmatch(path):
-            return FileAction.NOT_FOUND
+            return FileAction.NOT_FOUND, False
         if self._local is not None and self._local.fullmatch(path):
-            return FileAction.LOCAL
+            return FileAction.LOCAL, False
         if self._read_write is not None and self._read_write.fullmatch(path):
-            return FileAction.REMOTE_RW
+            return FileAction.REMOTE_RW, False
         if self._read_only is not None and self._read_only.fullmatch(path):
-            return FileAction.REMOTE_READ
+            return FileAction.REMOTE_READ, False
         if self._mode == "local":
-            return FileAction.LOCAL
+            return FileAction.LOCAL, False
         if path in ALWAYS_REMOTE_FILES:
-            return self._dns_files
+            return self._dns_files, False
         if path in self._local_exact or path.startswith(self._local_prefixes) or _is_code(path):
-            return FileAction.LOCAL
+            return FileAction.LOCAL, False
         if self._mode == "write":
-            return FileAction.REMOTE_RW
-        return FileAction.LOCAL if write else FileAction.REMOTE_READ
+            return FileAction.REMOTE_RW, True
+        return (FileAction.LOCAL if write else FileAction.REMOTE_READ), True
 
 
 # --- Network ---
@@ -300,13 +389,27 @@ def _normalize_name(name: str) -> str:
     return name.lower().removesuffix(".")
 
 
+def _name_patterns(filters: Iterable[_Filter]) -> re.Pattern[str] | None:
+    """The names of the filters that send every connection to a name one way (no port)."""
+    names = [f.name.pattern for f in filters if f.name is not None and f.port is None]
+    return _compile_any(names)
+
+
+def _unmapped(host_ip: str) -> _IPAddress:
+    ip = ipaddress.ip_address(host_ip)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 class NetRules:
     """Decides which side makes each outgoing connection (TCP, or connected UDP).
 
     Loopback and unspecified addresses (127.0.0.0/8, ::1, 0.0.0.0, ::, and their IPv4-mapped
     forms) are always local; with `udp` false, so is all UDP. Then an entry of `local` wins,
-    then one of `remote`, then `mode`. Name patterns match the name the process looked up, so
-    they only apply when tether knows it.
+    then one of `remote`, then `mode`. Name patterns match the names the process looked up
+    for the address (tether learns them from the DNS answers it carries); when several names
+    led to it, a pattern matching any of them applies.
     """
 
     def __init__(self, config: NetworkConfig, *, cache_size: int = 4096) -> None:
@@ -316,59 +419,86 @@ class NetRules:
         self._udp = outgoing.udp
         self._local = _compile_filters(outgoing.local)
         self._remote = _compile_filters(outgoing.remote)
+        self._named = any(f.name is not None for f in (*self._local, *self._remote))
         self._cached = functools.lru_cache(maxsize=cache_size)(self._decide)
+
+    def needs_names(self, host_ip: str, *, proto: Literal["tcp", "udp"]) -> bool:
+        """Whether the names behind `host_ip` may change `decide`'s answer: some filter has a
+        name pattern and the address is not one that is always local. When False, `decide`
+        without names is the answer. Raises ValueError for a malformed address."""
+        if not self._named:
+            return False
+        ip = _unmapped(host_ip)
+        if ip.is_loopback or ip.is_unspecified:
+            return False
+        return self._udp or proto != "udp"
 
     def decide(
         self,
         host_ip: str,
         port: int,
         *,
-        hostname: str | None,
+        hostnames: Sequence[str] = (),
         proto: Literal["tcp", "udp"],
     ) -> Side:
-        """The side that connects to `host_ip`:`port`; `hostname` is the name the process
-        resolved to that address, when known. Raises ValueError for a malformed address."""
-        return self._cached(host_ip, port, hostname, proto)
+        """The side that connects to `host_ip`:`port`; `hostnames` are the names the process
+        resolved to that address, as far as tether knows. Raises ValueError for a malformed
+        address."""
+        return self._cached(host_ip, port, tuple(hostnames), proto)
 
-    def _decide(self, host_ip: str, port: int, hostname: str | None, proto: str) -> Side:
-        ip = ipaddress.ip_address(host_ip)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+    def _decide(self, host_ip: str, port: int, hostnames: tuple[str, ...], proto: str) -> Side:
+        ip = _unmapped(host_ip)
         if ip.is_loopback or ip.is_unspecified:
             return Side.LOCAL
         if proto == "udp" and not self._udp:
             return Side.LOCAL
-        name = None if hostname is None else _normalize_name(hostname)
-        if any(f.matches(ip, port, name) for f in self._local):
+        names: tuple[str | None, ...] = tuple(_normalize_name(n) for n in hostnames) or (None,)
+        if any(f.matches(ip, port, name) for f in self._local for name in names):
             return Side.LOCAL
-        if any(f.matches(ip, port, name) for f in self._remote):
+        if any(f.matches(ip, port, name) for f in self._remote for name in names):
             return Side.REMOTE
         return self._default
 
 
 class DnsRules:
-    """Decides which side resolves each name.
+    """Decides how the process resolves names: through the pod or on this machine, per name.
 
-    localhost and *.localhost are always local; then a `local` pattern makes a name local;
-    with DNS enabled everything else is the target's, otherwise only the `remote` patterns.
+    `through_pod` (`network.dns.enabled`, unless every file is local: `fs.mode` "local") means
+    the process resolves as the pod does: tether serves it the pod's resolv.conf (made to use
+    TCP) and an nsswitch.conf that asks DNS, and the pod's /etc/hosts and /etc/hostname.
+    Either way its queries reach tether's DNS proxy, which asks `decide` for each name.
+
+    `decide`: localhost and *.localhost are always local; then a `dns.local` pattern makes a
+    name local and a `dns.remote` one remote; then a name pattern without a port in
+    `network.outgoing.local` makes it local and one in `network.outgoing.remote` remote (every
+    connection to such a name is made on that side, so it must get that side's address);
+    then `through_pod`. A name filter with a port splits the name's connections between the
+    sides, so it leaves the name's resolution alone (`*.svc.cluster.local:5432` must not stop
+    the cluster's names from resolving); `dns.local`/`dns.remote` say where.
     """
 
-    def __init__(self, config: NetworkConfig) -> None:
-        """Compile the dns section of `config`."""
+    def __init__(
+        self, config: NetworkConfig, *, fs_mode: Literal["local", "read", "write"] = "read"
+    ) -> None:
+        """Compile the dns section of `config` and the outgoing filters' name patterns."""
         dns = config.dns
-        self._enabled = dns.enabled
+        self.through_pod = dns.enabled and fs_mode != "local"
         self._local = _compile_any(name_pattern_regex(p) for p in dns.local)
         self._remote = _compile_any(name_pattern_regex(p) for p in dns.remote)
+        self._connect_local = _name_patterns(_compile_filters(config.outgoing.local))
+        self._connect_remote = _name_patterns(_compile_filters(config.outgoing.remote))
 
     def decide(self, name: str) -> Side:
         """The side that resolves `name` (any case, with or without a trailing dot)."""
         name = _normalize_name(name)
         if name == "localhost" or name.endswith(".localhost"):
             return Side.LOCAL
-        if self._local is not None and self._local.fullmatch(name):
-            return Side.LOCAL
-        if self._enabled:
-            return Side.REMOTE
-        if self._remote is not None and self._remote.fullmatch(name):
-            return Side.REMOTE
-        return Side.LOCAL
+        for patterns, side in (
+            (self._local, Side.LOCAL),
+            (self._remote, Side.REMOTE),
+            (self._connect_local, Side.LOCAL),
+            (self._connect_remote, Side.REMOTE),
+        ):
+            if patterns is not None and patterns.fullmatch(name):
+                return side
+        return Side.REMOTE if self.through_pod else Side.LOCAL

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tether import __version__
 from tether.config import TetherConfig
+from tether.errors import UserError
 from tether.kube.agent_lifecycle import (
     AcquiredAgent,
     acquire_agent,
@@ -35,7 +36,7 @@ LEAVE_TIMEOUT = 5.0
 CONNECT_ATTEMPTS = 3
 
 
-class SessionError(Exception):
+class SessionError(UserError):
     """A session could not start or broke; the message is one line for the user."""
 
 

@@ -1,10 +1,21 @@
 """The seccomp supervisor: answers the intercepted process tree's trapped syscalls.
 
-Runs on tether's event loop: the listener fd is watched with `add_reader`; each notification is
-decided at once when it can be (CONTINUE for local files, an errno, a write-back of emulated
-results) and handed to a task when it needs the agent (remote files, outgoing connects).
-Replies may go out of order: each carries its notification id. Nothing here may raise out of
-a handler: a dead supervisor would make every trapped syscall fail with ENOSYS.
+A dedicated thread receives the notifications. It decides at once whatever it can from
+immutable configuration (CONTINUE for local files, an errno, a write-back of emulated
+results) and hands everything else to tether's event loop as a task (remote files, outgoing
+connects, anything that reads state the loop keeps). Replies may go out of order: each carries
+its notification id.
+
+Every notification gets an answer. A handler that fails on something other than an OSError
+(a bug) answers with what `failure_answer` says fits the call, and the first such failure is
+reported on stderr in one line. A dead supervisor would make every trapped syscall fail with
+ENOSYS or hang, so if the thread itself fails the process tree is ended.
+
+Ownership: the thread owns the receive buffer and the counters (`count`, `by_nr`, `fatal`,
+`failure`), which the loop reads only after `detach` has joined it. The event loop owns
+every other piece of mutable state (files open for writing, the peers of redirected sockets,
+the listening ports, the error report, the tasks); the thread never touches it, and asks the
+loop with `call_soon_threadsafe` instead.
 """
 
 import asyncio
@@ -22,7 +33,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from tether.intercept.memory import (
     dup_from,
@@ -37,6 +48,7 @@ from tether.intercept.memory import (
 )
 from tether.intercept.seccomp import Listener, Notification, Syscall
 from tether.local.dns_proxy import DnsProxy
+from tether.local.names import NameCache, normalize_address
 from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
@@ -76,15 +88,62 @@ ALLOW_IF: dict[int, tuple[int, int]] = {
 }
 
 
+# When handling a call fails inside tether (a bug, not the target's or the agent's error),
+# the call still gets an answer. CONTINUE only where running it natively is harmless: a
+# close (a pending write-back is sent again when the tree exits), the socket-name calls
+# (the real loopback names), uname (the local host name), listen (incoming loses the port).
+# A connect must not silently leave from this machine: ENETUNREACH. Anything else: EIO.
+_CONTINUE_ON_FAILURE = frozenset(
+    {Syscall.close, Syscall.getpeername, Syscall.getsockname, Syscall.uname, Syscall.listen}
+)
+_ERRNO_ON_FAILURE: dict[int, int] = {Syscall.connect: errno.ENETUNREACH}
+
+# The memfds of files open for writing on the pod carry this name prefix, so the thread can
+# tell from /proc which closes need the loop (the others are just CONTINUEd).
+_WRITE_MEMFD: Final = "tether-w:"
+_MEMFD_NAME_MAX = 249  # the kernel's limit on a memfd's name
+
+
+def failure_answer(nr: int) -> int | None:
+    """The errno that answers syscall `nr` when handling it failed inside tether, or None for
+    CONTINUE (see `_CONTINUE_ON_FAILURE`)."""
+    if nr in _CONTINUE_ON_FAILURE:
+        return None
+    return _ERRNO_ON_FAILURE.get(nr, errno.EIO)
+
+
+def _call_name(nr: int) -> str:
+    try:
+        return Syscall(nr).name
+    except ValueError:
+        return f"syscall {nr}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _i32(value: int) -> int:
     """A syscall argument (u64) as the C int it holds."""
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-def _mirror_listing(entries: list[tuple[str, int, int]]) -> str:
-    """A new local directory holding an empty entry of the right type per remote entry."""
-    view = tempfile.mkdtemp(prefix="tether-dir-")
+def view_source(path: str, views: str) -> str | None:
+    """The remote directory (or path below it) that `path` mirrors, if it is inside the
+    `views` directory: a view of remote directory D lives at `views/<serial>/D`."""
+    if not path.startswith(views + "/"):
+        return None
+    _serial, slash, rest = path[len(views) + 1 :].partition("/")
+    return "/" + rest if slash else "/"
+
+
+def _mirror_listing(views: str, serial: int, path: str, entries: list[tuple[str, int, int]]) -> str:
+    """A new local directory mirroring remote directory `path`: an empty entry of the right
+    type per remote entry (getdents then works natively)."""
+    view = posixpath.join(views, str(serial), path.lstrip("/"))
+    Path(view).mkdir(parents=True)
     for name, dtype, _ino in entries:
         if "/" in name or name in (".", ".."):
             continue
@@ -104,6 +163,10 @@ def _memfd_bytes(fd: int) -> bytes:
     return os.pread(fd, size, 0) if size else b""
 
 
+def _write_memfd_name(path: str) -> str:
+    return (_WRITE_MEMFD + (PurePosixPath(path).name or "file"))[:_MEMFD_NAME_MAX]
+
+
 class Supervisor:
     """Serves one intercepted process tree."""
 
@@ -121,8 +184,11 @@ class Supervisor:
         served: dict[str, bytes],
         dns_proxy: DnsProxy | None = None,
         nameservers: frozenset[str] = frozenset(),
+        names: NameCache | None = None,
         pod_ip: str | None = None,
     ) -> None:
+        # Set here and never changed: read by both threads (the rules' caches are lru_caches,
+        # which stay coherent under concurrent use).
         self.listener = listener
         self.tunnel = tunnel
         self.files = files
@@ -134,23 +200,15 @@ class Supervisor:
         self.served = served
         self.dns_proxy = dns_proxy
         self.pod_ip = pod_ip
-        self.nameservers = nameservers
+        self.nameservers = frozenset(normalize_address(n) for n in nameservers)
+        self.names = names
         self.remote = RemoteFiles(tunnel)
-        self.listening: set[int] = set()
-        # Called on the event loop with each TCP port the process starts listening on.
-        self.on_listen: Callable[[int], None] | None = None
-        self.peers: dict[int, tuple[int, str, int]] = {}  # socket inode -> original peer
-        self.failure: BaseException | None = None
-        # Files open for writing on the pod: (tgid, fd in the process) -> path, and every such
-        # file's memfd (ours) by path, written back on close and once more when the tree exits
-        # (a process may exit, or dup2 and close, without a close of the fd it opened).
-        self.writable: dict[tuple[int, int], str] = {}
-        self.written: dict[str, tuple[int, int]] = {}  # path -> (our memfd, create mode)
-        # Remote directories opened for listing are mirrored as local directories of empty
-        # entries (getdents then works natively); paths relative to such a directory fd map
-        # back to the remote directory.
-        self.dir_views: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Remote directories opened for listing are mirrored under here as local directories
+        # of empty entries; a path inside one maps back to the remote directory (view_source).
+        self.views = tempfile.mkdtemp(prefix="tether-views-")
+        # The loopback ports of our relays: a socket connected to one was redirected (set by
+        # attach, before the thread starts).
+        self._relay_ports: frozenset[int] = frozenset()
         self._handlers: dict[int, Callable[[Notification], None]] = {
             Syscall.open: self._open,
             Syscall.openat: self._open,
@@ -176,21 +234,41 @@ class Supervisor:
             Syscall.mkdirat: self._tree_change,
             Syscall.rmdir: self._tree_change,
         }
+        # Called on the event loop with each TCP port the process starts listening on.
+        self.on_listen: Callable[[int], None] | None = None
+        # Called on the supervisor thread if it fails (end the process tree).
+        self.on_fatal: Callable[[], None] | None = None
+
+        # Owned by the supervisor thread; the loop reads them only after detach().
         self.count = 0
         self.by_nr: collections.Counter[int] = collections.Counter()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self.on_fatal: Callable[[], None] | None = None
         self.fatal = False
+        self.failure: BaseException | None = None
         self._poll = select.poll()
         self._poll.register(listener.fileno(), select.POLLIN)
+
+        # Owned by the event loop.
+        self.listening: set[int] = set()
+        self.peers: dict[int, tuple[int, str, int]] = {}  # socket inode -> original peer
+        # Files open for writing on the pod: (tgid, fd in the process) -> path, and every such
+        # file's memfd (ours) by path, written back on close and once more when the tree exits
+        # (a process may exit, or dup2 and close, without a close of the fd it opened).
+        self.writable: dict[tuple[int, int], str] = {}
+        self.written: dict[str, tuple[int, int]] = {}  # path -> (our memfd, create mode)
+        self.internal_errors = 0
+        self._view_serial = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # -- loop integration ------------------------------------------------------------------
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start serving notifications: a dedicated thread receives them and answers the
-        quick ones itself; anything that needs the agent becomes a task on `loop`.
+        quick ones itself; anything that needs the agent or the loop's state becomes a task
+        on `loop`.
 
         Why a thread and not the event loop: a notification is exposed to signals until it is
         received (a caller without SA_RESTART then sees EINTR), and most of them (stat and open
@@ -198,12 +276,16 @@ class Supervisor:
         takes them without waiting for the loop to get round to it.
         """
         self._loop = loop
+        ports = {self.proxy.port, self.udp.port}
+        if self.dns_proxy is not None:
+            ports |= {self.dns_proxy.tcp_port, self.dns_proxy.udp_port}
+        self._relay_ports = frozenset(ports - {0})
         self._thread = threading.Thread(target=self._run, name="tether-supervisor", daemon=True)
         self._thread.start()
 
     def detach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop serving (the process tree is gone)."""
-        self._stopping = True
+        self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         for task in list(self._tasks):
@@ -214,15 +296,15 @@ class Supervisor:
             self._loop_notifications()
         except Exception as exc:
             # Without a supervisor every trapped call would fail with ENOSYS or hang: end the
-            # process tree rather than leave it half-working, and say why.
-            log.exception("the supervisor thread failed")
+            # process tree rather than leave it half-working (run_exec says why).
+            log.debug("the supervisor thread failed", exc_info=exc)
             self.failure = exc
             self.fatal = True
             if self.on_fatal is not None:
                 self.on_fatal()
 
     def _loop_notifications(self) -> None:
-        while not self._stopping:
+        while not self._stopping.is_set():
             events = self._poll.poll(100)
             if not events:
                 continue
@@ -236,63 +318,128 @@ class Supervisor:
                     break
 
     def _serve_one(self) -> None:
+        # A receive that fails (other than for a target gone or a signal) is fatal: _run.
+        notif = self.listener.receive()
+        if notif is None:
+            return
+        self.count += 1
+        self.by_nr[notif.nr] += 1
+        handler = self._handlers.get(notif.nr)
         try:
-            notif = self.listener.receive()
-            if notif is None:
-                return
-            self.count += 1
-            self.by_nr[notif.nr] += 1
-            handler = self._handlers.get(notif.nr)
             if handler is None:
                 self.listener.respond_continue(notif.id)
-                return
-            try:
+            else:
                 handler(notif)
-            except OSError as exc:
-                # The target vanished mid-way (ESRCH), or its memory was unreadable (EFAULT).
-                self.listener.respond_error(notif.id, exc.errno or errno.EIO)
-        except Exception as exc:  # the supervisor must not die: record and keep serving
-            log.exception("supervisor error")
-            self.failure = exc
+        except OSError as exc:
+            # The target vanished mid-way (ESRCH), or its memory was unreadable (EFAULT).
+            self._answer_errno(notif, exc.errno or errno.EIO)
+        except Exception as exc:
+            self._answer_failure(notif)
+            self._to_loop(self._report, notif.nr, exc)
+
+    def _answer_errno(self, notif: Notification, err: int) -> None:
+        try:
+            self.listener.respond_error(notif.id, err)
+        except OSError as exc:
+            log.debug("could not answer %s", notif, exc_info=exc)
+
+    def _answer_failure(self, notif: Notification) -> None:
+        """Answer a call whose handling failed inside tether (from either thread)."""
+        answer = failure_answer(notif.nr)
+        try:
+            if answer is None:
+                self.listener.respond_continue(notif.id)
+            else:
+                self.listener.respond_error(notif.id, answer)
+        except OSError as exc:
+            log.debug("could not answer %s", notif, exc_info=exc)
+
+    def _report(self, nr: int, exc: BaseException) -> None:
+        """Count an internal error (on the loop); the first one is shown, in one line."""
+        self.internal_errors += 1
+        log.debug("internal error handling %s", _call_name(nr), exc_info=exc)
+        if self.internal_errors > 1:
+            return
+        answer = failure_answer(nr)
+        how = (
+            "let it run untrapped"
+            if answer is None
+            else f"failed it with {errno.errorcode[answer]}"
+        )
+        self.progress.warn(
+            f"internal error handling {_call_name(nr)} ({_one_line(exc)}); tether {how}"
+            " (later internal errors are counted, not shown)"
+        )
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run `callback(*args)` on the event loop (from the supervisor thread)."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: tether is exiting
+            log.debug("event loop closed; dropped %s", callback)
 
     def _spawn(self, notif: Notification, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` on the loop (from the supervisor thread); errors become errno answers."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._spawn_now, notif, coro)
+        try:
+            self._loop.call_soon_threadsafe(self._spawn_now, notif, coro)
+        except BaseException:
+            coro.close()
+            raise
 
     def _spawn_now(self, notif: Notification, coro: Coroutine[Any, Any, None]) -> None:
         async def guarded() -> None:
             try:
                 await coro
             except RemoteOpError as exc:
-                self.listener.respond_error(notif.id, exc.error.errno or errno.EIO)
+                self._answer_errno(notif, exc.error.errno or errno.EIO)
             except TunnelClosedError:
-                self.listener.respond_error(notif.id, errno.EIO)
+                self._answer_errno(notif, errno.EIO)
             except OSError as exc:
-                self.listener.respond_error(notif.id, exc.errno or errno.EIO)
+                self._answer_errno(notif, exc.errno or errno.EIO)
             except Exception as exc:
-                log.exception("supervisor task error")
-                self.failure = exc
-                self.listener.respond_error(notif.id, errno.EIO)
+                self._answer_failure(notif)
+                self._report(notif.nr, exc)
 
-        task = asyncio.ensure_future(guarded())
+        try:
+            task = asyncio.ensure_future(guarded())
+        except Exception as exc:  # a callback's error would only be logged: answer here
+            coro.close()
+            self._answer_failure(notif)
+            self._report(notif.nr, exc)
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # -- paths -------------------------------------------------------------------------------
 
     def _path(self, notif: Notification, dirfd_arg: int | None, path_arg: int) -> str:
-        """The absolute, normalised path a call names (dirfd-relative and cwd-relative too)."""
+        """The absolute, normalised path a call names (dirfd-relative and cwd-relative too),
+        with a path inside a view of a remote directory mapped back to the remote one."""
         raw = read_cstring(notif.pid, notif.args[path_arg]).decode(errors="surrogateescape")
         if raw.startswith("/"):
-            return posixpath.normpath(raw)
-        dirfd = AT_FDCWD if dirfd_arg is None else _i32(notif.args[dirfd_arg])
-        if dirfd == AT_FDCWD:
-            base = str(Path(f"/proc/{notif.pid}/cwd").readlink())
+            path = posixpath.normpath(raw)
         else:
-            base = str(Path(f"/proc/{tgid_of(notif.pid)}/fd/{dirfd}").readlink())
-            base = self.dir_views.get(base, base)
-        return posixpath.normpath(posixpath.join(base, raw)) if raw else base
+            dirfd = AT_FDCWD if dirfd_arg is None else _i32(notif.args[dirfd_arg])
+            if dirfd == AT_FDCWD:
+                base = str(Path(f"/proc/{notif.pid}/cwd").readlink())
+            else:
+                base = str(Path(f"/proc/{tgid_of(notif.pid)}/fd/{dirfd}").readlink())
+            path = posixpath.normpath(posixpath.join(base, raw)) if raw else base
+        return view_source(path, self.views) or path
+
+    def _cwd_of(self, notif: Notification) -> str | None:
+        """The calling thread's current directory, None if unknown or a remote directory's
+        view (which is the pod's, not a local place)."""
+        try:
+            cwd = str(Path(f"/proc/{notif.pid}/cwd").readlink())
+        except OSError:
+            return None
+        return None if view_source(cwd, self.views) is not None else posixpath.normpath(cwd)
+
+    def _decide(self, notif: Notification, path: str, *, write: bool) -> FileAction:
+        return self.files.decide(path, write=write, cwd=lambda: self._cwd_of(notif))
 
     # -- open --------------------------------------------------------------------------------
 
@@ -312,7 +459,7 @@ class Supervisor:
         if served is not None and not write:
             self._serve_bytes(notif, served, flags)
             return
-        action = self.files.decide(path, write=write)
+        action = self._decide(notif, path, write=write)
         if action is FileAction.LOCAL:
             self.listener.respond_continue(notif.id)
         elif action is FileAction.NOT_FOUND:
@@ -324,10 +471,6 @@ class Supervisor:
             self._spawn(notif, self._open_for_write(notif, path, flags, mode & 0o7777))
         elif flags & os.O_DIRECTORY:
             self._spawn(notif, self._open_remote_dir(notif, path, flags))
-        elif path in self.written:
-            # Written in this session and maybe not sent back yet (a dup2 closes without a
-            # close call): read our copy, so the process sees its own writes.
-            self._serve_bytes(notif, _memfd_bytes(self.written[path][0]), flags)
         else:
             self._spawn(notif, self._open_remote(notif, path, flags))
 
@@ -341,6 +484,12 @@ class Supervisor:
             os.close(fd)
 
     async def _open_remote(self, notif: Notification, path: str, flags: int) -> None:
+        written = self.written.get(path)
+        if written is not None:
+            # Written in this session and maybe not sent back yet (a dup2 closes without a
+            # close call): read our copy, so the process sees its own writes.
+            self._serve_bytes(notif, _memfd_bytes(written[0]), flags)
+            return
         try:
             st = await self.remote.stat(path, follow=True)
         except RemoteOpError as exc:
@@ -376,10 +525,11 @@ class Supervisor:
             # An earlier open of the file may hold writes not sent back yet (a dup2 closes
             # without a close call): send them first, or reading the pod's copy loses them.
             await self.remote.write_back(path, previous[0])
+        name = _write_memfd_name(path)
         if exists and not flags & os.O_TRUNC:
-            fd = await self.remote.read_into_memfd(path)
+            fd = await self.remote.read_into_memfd(path, memfd_name=name)
         else:
-            fd = os.memfd_create(PurePosixPath(path).name or "tether", os.MFD_CLOEXEC)
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)
         if flags & os.O_APPEND:
             os.set_blocking(fd, True)
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
@@ -401,8 +551,8 @@ class Supervisor:
 
     async def _open_remote_dir(self, notif: Notification, path: str, flags: int) -> None:
         entries = await self.tunnel.request("fs.listdir", {"path": path})
-        view = _mirror_listing(entries)
-        self.dir_views[view] = path
+        self._view_serial += 1
+        view = _mirror_listing(self.views, self._view_serial, path, entries)
         fd = os.open(view, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self.listener.add_fd(notif.id, fd, cloexec=bool(flags & os.O_CLOEXEC))
@@ -411,22 +561,27 @@ class Supervisor:
 
     def cleanup(self) -> None:
         """Remove the local mirrors of remote directories."""
-        for view in self.dir_views:
-            shutil.rmtree(view, ignore_errors=True)
-        self.dir_views.clear()
+        shutil.rmtree(self.views, ignore_errors=True)
 
     def _close(self, notif: Notification) -> None:
-        key = (tgid_of(notif.pid), _i32(notif.args[0]))
-        path = self.writable.pop(key, None)
-        if path is None or path not in self.written:
+        # Only the close of one of our write memfds needs the loop (which owns `writable`);
+        # /proc tells which fds those are without asking it.
+        fd = _i32(notif.args[0])
+        try:
+            target = str(Path(f"/proc/{notif.pid}/fd/{fd}").readlink())
+        except OSError:
+            target = ""
+        if not target.startswith("/memfd:" + _WRITE_MEMFD):
             self.listener.respond_continue(notif.id)
             return
+        self._spawn(notif, self._close_written(notif, (tgid_of(notif.pid), fd)))
 
-        async def write_back() -> None:
-            await self.remote.write_back(path, self.written[path][0])
-            self.listener.respond_continue(notif.id)
-
-        self._spawn(notif, write_back())
+    async def _close_written(self, notif: Notification, key: tuple[int, int]) -> None:
+        path = self.writable.pop(key, None)
+        entry = None if path is None else self.written.get(path)
+        if path is not None and entry is not None:
+            await self.remote.write_back(path, entry[0])
+        self.listener.respond_continue(notif.id)
 
     async def flush_writes(self) -> None:
         """Send every file written on the pod back once more (the tree has exited)."""
@@ -445,7 +600,7 @@ class Supervisor:
             path, flags, mode = self._path(notif, None, 0), 0, notif.args[1]
         else:
             path, flags, mode = self._path(notif, 0, 1), notif.args[2], notif.args[2]
-        if self.files.decide(path, write=True) is not FileAction.REMOTE_RW:
+        if self._decide(notif, path, write=True) is not FileAction.REMOTE_RW:
             self.listener.respond_continue(notif.id)
             return
         if nr in (Syscall.mkdir, Syscall.mkdirat):
@@ -469,7 +624,7 @@ class Supervisor:
     def _answered_here(self, notif: Notification, path: str) -> bool:
         """Answer a metadata call that needs no agent (ENOENT for `not_found`, CONTINUE for a
         local or served path); False when the path is the pod's."""
-        action = self.files.decide(path, write=False)
+        action = self._decide(notif, path, write=False)
         if action is FileAction.NOT_FOUND:
             self.listener.respond_error(notif.id, errno.ENOENT)
         elif path in self.served or action is FileAction.LOCAL:
@@ -547,24 +702,56 @@ class Supervisor:
             self.listener.respond_continue(notif.id)  # AF_UNIX and friends stay local
             return
         family, host, port = addr
-        dup = dup_from(notif.pid, _i32(notif.args[0]))
-        sock = socket.socket(fileno=dup)
+        sock = socket.socket(fileno=dup_from(notif.pid, _i32(notif.args[0])))
         try:
-            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-        except OSError:
+            self._route_connect(notif, sock, family, host, port)
+        except BaseException:
             sock.close()
             raise
+
+    def _route_connect(
+        self, notif: Notification, sock: socket.socket, family: int, host: str, port: int
+    ) -> None:
+        """Decide where a connect goes; `sock` (our dup of the app's socket) is closed, or
+        handed to the task that now owns it."""
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         proto: Literal["tcp", "udp"] = "tcp" if kind == socket.SOCK_STREAM else "udp"
-        if self.dns_proxy is not None and port == 53 and host in self.nameservers:
-            self._connect_dns(notif, sock, proto, family, host)
-            return
-        if kind not in (socket.SOCK_STREAM, socket.SOCK_DGRAM) or (
-            self.net.decide(host, port, hostname=None, proto=proto) is Side.LOCAL
+        if (
+            self.dns_proxy is not None
+            and port == 53
+            and normalize_address(host) in self.nameservers
+            and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
         ):
+            self._spawn(notif, self._connect_dns(notif, sock, proto, family, host))
+        elif kind not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             sock.close()
             self.listener.respond_continue(notif.id)
+        elif self.net.needs_names(host, proto=proto):
+            # The names behind the address are the loop's (the DNS proxy learns them there).
+            self._spawn(notif, self._connect_by_name(notif, sock, family, host, port, proto))
+        elif self.net.decide(host, port, proto=proto) is Side.LOCAL:
+            sock.close()
+            self.listener.respond_continue(notif.id)
+        else:
+            self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+
+    async def _connect_by_name(
+        self,
+        notif: Notification,
+        sock: socket.socket,
+        family: int,
+        host: str,
+        port: int,
+        proto: Literal["tcp", "udp"],
+    ) -> None:
+        names = () if self.names is None else self.names.names(host)
+        if self.net.decide(host, port, hostnames=names, proto=proto) is Side.REMOTE:
+            await self._connect_remote(notif, sock, family, host, port)
             return
-        self._spawn(notif, self._connect_remote(notif, sock, family, host, port))
+        sock.close()
+        self.listener.respond_continue(notif.id)
+        shown = f"{names[0]} ({host})" if names else host
+        self.progress.detail(f"{proto} {shown}:{port} -> from this machine")
 
     def _redirect(
         self,
@@ -577,12 +764,12 @@ class Supervisor:
         """Connect the app's socket (through our dup, which shares its open file description)
         to one of our loopback endpoints, hand its source port to `register`, remember the
         peer for getpeername, and answer the connect as the kernel would. False if the
-        loopback connect itself failed (the errno has been answered)."""
+        loopback connect itself failed (the errno has been answered). On the loop only."""
         blocking = os.get_blocking(sock.fileno())
         # An IPv6 socket reaches our IPv4 loopback endpoints through the v4-mapped address.
         target = "::ffff:127.0.0.1" if sock.family == socket.AF_INET6 else "127.0.0.1"
-        # Register the source port before connecting: the endpoint may accept (on the event
-        # loop thread) before this thread gets past connect.
+        # Register the source port before connecting: the endpoint must know it when it
+        # accepts, which a non-blocking connect lets happen before we are past connect_ex.
         source = int(sock.getsockname()[1])
         if source == 0:
             sock.bind((target, 0))
@@ -599,10 +786,10 @@ class Supervisor:
             self.listener.respond_error(notif.id, errno.EINPROGRESS)
         return True
 
-    def _connect_dns(
+    async def _connect_dns(
         self, notif: Notification, sock: socket.socket, proto: str, family: int, host: str
     ) -> None:
-        """Point a DNS connection at the local DNS responder (local-name patterns are set)."""
+        """Point a connection to one of the process's nameservers at the DNS proxy."""
         dns_proxy = self.dns_proxy
         assert dns_proxy is not None
         port = dns_proxy.tcp_port if proto == "tcp" else dns_proxy.udp_port
@@ -631,12 +818,30 @@ class Supervisor:
             else:
                 stream.reset("ECONNABORTED", "loopback relay unreachable", 103)
 
+    def _redirected(self, notif: Notification) -> tuple[int, int] | None:
+        """(inode, local port) of the call's socket if it is connected to one of our relays
+        (only those have a peer in `peers`); None for any other fd."""
+        with socket.socket(fileno=dup_from(notif.pid, _i32(notif.args[0]))) as sock:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            try:
+                peer = sock.getpeername()
+                local = sock.getsockname()
+            except OSError:
+                return None  # not connected: the kernel's answer is the truth
+            if peer[1] not in self._relay_ports or normalize_address(peer[0]) != "127.0.0.1":
+                return None
+            return os.fstat(sock.fileno()).st_ino, int(local[1])
+
     def _getpeername(self, notif: Notification) -> None:
-        dup = dup_from(notif.pid, _i32(notif.args[0]))
-        try:
-            peer = self.peers.get(os.fstat(dup).st_ino)
-        finally:
-            os.close(dup)
+        found = self._redirected(notif)
+        if found is None:
+            self.listener.respond_continue(notif.id)
+            return
+        self._spawn(notif, self._answer_peer(notif, found[0]))
+
+    async def _answer_peer(self, notif: Notification, inode: int) -> None:
+        peer = self.peers.get(inode)
         if peer is None:
             self.listener.respond_continue(notif.id)
             return
@@ -653,29 +858,33 @@ class Supervisor:
     def _getsockname(self, notif: Notification) -> None:
         """A redirected socket's local address is the pod's IP (with the real local port), as
         the connection would have had from the pod."""
-        if not self.pod_ip:
+        found = self._redirected(notif) if self.pod_ip else None
+        if found is None:
             self.listener.respond_continue(notif.id)
             return
-        with socket.socket(fileno=dup_from(notif.pid, _i32(notif.args[0]))) as sock:
-            peer = self.peers.get(os.fstat(sock.fileno()).st_ino)
-            local = sock.getsockname() if peer is not None else None
-        if peer is None or not isinstance(local, tuple) or peer[0] != socket.AF_INET:
+        self._spawn(notif, self._answer_sockname(notif, *found))
+
+    async def _answer_sockname(self, notif: Notification, inode: int, local_port: int) -> None:
+        peer = self.peers.get(inode)
+        if peer is None or peer[0] != socket.AF_INET or not self.pod_ip:
             self.listener.respond_continue(notif.id)
             return
-        self._answer_sockaddr(notif, pack_sockaddr(socket.AF_INET, self.pod_ip, int(local[1])))
+        self._answer_sockaddr(notif, pack_sockaddr(socket.AF_INET, self.pod_ip, local_port))
 
     def _listen(self, notif: Notification) -> None:
         try:
             with socket.socket(fileno=dup_from(notif.pid, _i32(notif.args[0]))) as sock:
                 name = sock.getsockname()
             if isinstance(name, tuple) and len(name) >= 2:
-                port = int(name[1])
-                self.listening.add(port)
-                self.progress.detail(f"the process listens on port {port}")
-                if port and self.on_listen is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self.on_listen, port)
+                self._to_loop(self._listened, int(name[1]))
         finally:
             self.listener.respond_continue(notif.id)
+
+    def _listened(self, port: int) -> None:
+        self.listening.add(port)
+        self.progress.detail(f"the process listens on port {port}")
+        if port and self.on_listen is not None:
+            self.on_listen(port)
 
     def _uname(self, notif: Notification) -> None:
         fields = list(os.uname())

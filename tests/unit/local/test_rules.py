@@ -14,6 +14,7 @@ from tether.local.rules import (
     FileRules,
     NetRules,
     Side,
+    program_dirs,
 )
 
 L, RO, RW, NF = FileAction.LOCAL, FileAction.REMOTE_READ, FileAction.REMOTE_RW, FileAction.NOT_FOUND
@@ -398,14 +399,67 @@ def test_net_rules(
     expected: Side,
 ) -> None:
     net = NetRules(NetworkConfig(outgoing=config))
-    assert net.decide(ip, port, hostname=hostname, proto=proto) is expected
+    names = () if hostname is None else (hostname,)
+    assert net.decide(ip, port, hostnames=names, proto=proto) is expected
     # Again, from the cache.
-    assert net.decide(ip, port, hostname=hostname, proto=proto) is expected
+    assert net.decide(ip, port, hostnames=names, proto=proto) is expected
+    if not net.needs_names(ip, proto=proto):
+        assert net.decide(ip, port, proto=proto) is expected, "names cannot change it"
+
+
+# Several names behind one address (CNAMEs, virtual hosts): a pattern matching any applies,
+# and local still wins.
+MANY_NAMES = OutgoingConfig(local=["db.example.com:5432"], remote=["*.example.com"])
+
+
+@pytest.mark.parametrize(
+    ("names", "port", "in_remote_mode", "in_local_mode"),
+    [
+        ((), 5432, Side.REMOTE, Side.LOCAL),
+        (("db.example.com",), 5432, Side.LOCAL, Side.LOCAL),
+        (("db.example.com",), 80, Side.REMOTE, Side.REMOTE),
+        (("alias.example.com", "db.example.com"), 5432, Side.LOCAL, Side.LOCAL),
+        (("db.example.com", "alias.example.com"), 5432, Side.LOCAL, Side.LOCAL),
+        (("other.test", "alias.example.com"), 80, Side.REMOTE, Side.REMOTE),
+        (("other.test",), 80, Side.REMOTE, Side.LOCAL),
+    ],
+)
+def test_net_rules_with_several_names(
+    names: tuple[str, ...], port: int, in_remote_mode: Side, in_local_mode: Side
+) -> None:
+    for mode, expected in (("remote", in_remote_mode), ("local", in_local_mode)):
+        config = NetworkConfig(outgoing=MANY_NAMES.model_copy(update={"mode": mode}))
+        got = NetRules(config).decide("192.0.2.7", port, hostnames=names, proto="tcp")
+        assert got is expected, mode
+
+
+@pytest.mark.parametrize(
+    ("config", "ip", "proto", "expected"),
+    [
+        (OutgoingConfig(), "10.0.0.1", T, False),  # no name patterns at all
+        (OutgoingConfig(local=["10.0.0.0/8", ":53"]), "10.0.0.1", T, False),
+        (OutgoingConfig(local=["*.test"]), "10.0.0.1", T, True),
+        (OutgoingConfig(remote=["db.test:5432"]), "10.0.0.1", U, True),
+        (OutgoingConfig(local=["*.test"]), "127.0.0.1", T, False),  # always local
+        (OutgoingConfig(local=["*.test"]), "::ffff:127.0.0.1", T, False),
+        (OutgoingConfig(local=["*.test"]), "::", T, False),
+        (OutgoingConfig(local=["*.test"], udp=False), "10.0.0.1", U, False),
+        (OutgoingConfig(local=["*.test"], udp=False), "10.0.0.1", T, True),
+    ],
+)
+def test_net_rules_say_when_names_matter(
+    config: OutgoingConfig, ip: str, proto: Literal["tcp", "udp"], expected: bool
+) -> None:
+    assert NetRules(NetworkConfig(outgoing=config)).needs_names(ip, proto=proto) is expected
 
 
 def test_net_rules_reject_a_malformed_address() -> None:
     with pytest.raises(ValueError, match="nope"):
-        NetRules(NetworkConfig()).decide("nope", 80, hostname=None, proto="tcp")
+        NetRules(NetworkConfig()).decide("nope", 80, proto="tcp")
+    with pytest.raises(ValueError, match="nope"):
+        NetRules(NetworkConfig(outgoing=OutgoingConfig(local=["*.test"]))).needs_names(
+            "nope", proto="tcp"
+        )
 
 
 # --- DNS ---
@@ -462,3 +516,187 @@ DNS_CASES: list[tuple[DnsConfig, str, Side]] = [
 @pytest.mark.parametrize(("config", "name", "expected"), DNS_CASES)
 def test_dns_rules(config: DnsConfig, name: str, expected: Side) -> None:
     assert DnsRules(NetworkConfig(dns=config)).decide(name) is expected
+
+
+# A name an outgoing filter sends one way (no port) resolves on the side that connects to it;
+# explicit DNS patterns still come first, and a filter with a port leaves DNS alone.
+FILTERS = OutgoingConfig(
+    local=["*.dev.test", "db.shop.test:5432", "*.svc.cluster.local:5432", "10.0.0.0/8", ":6379"],
+    remote=["*.shop.test", "api.dev.test", "*.corp.test:443"],
+)
+DNS_FILTER_CASES: list[tuple[DnsConfig, str, Side]] = [
+    (DnsConfig(), "x.dev.test", Side.LOCAL),
+    (DnsConfig(), "api.dev.test", Side.LOCAL),  # local wins, as for connections
+    (DnsConfig(), "web.shop.test", Side.REMOTE),
+    (DnsConfig(), "db.shop.test", Side.REMOTE),  # the port-less remote filter
+    (DnsConfig(), "backend.shop.svc.cluster.local", Side.REMOTE),  # a filter with a port
+    (DnsConfig(), "backend", Side.REMOTE),
+    (DnsConfig(enabled=False), "web.shop.test", Side.REMOTE),
+    (DnsConfig(enabled=False), "x.dev.test", Side.LOCAL),
+    (DnsConfig(enabled=False), "www.corp.test", Side.LOCAL),  # a filter with a port
+    (DnsConfig(enabled=False), "example.com", Side.LOCAL),
+    (DnsConfig(remote=["x.dev.test"]), "x.dev.test", Side.REMOTE),  # dns patterns first
+    (DnsConfig(enabled=False, local=["web.shop.test"]), "web.shop.test", Side.LOCAL),
+    (DnsConfig(), "localhost", Side.LOCAL),
+]
+
+
+@pytest.mark.parametrize(("config", "name", "expected"), DNS_FILTER_CASES)
+def test_dns_rules_follow_the_outgoing_name_filters(
+    config: DnsConfig, name: str, expected: Side
+) -> None:
+    network = NetworkConfig(dns=config, outgoing=FILTERS)
+    assert DnsRules(network).decide(name) is expected
+
+
+@pytest.mark.parametrize(
+    ("enabled", "fs_mode", "through_pod", "backend"),
+    [
+        (True, "read", True, Side.REMOTE),
+        (True, "write", True, Side.REMOTE),
+        (True, "local", False, Side.LOCAL),
+        (False, "read", False, Side.LOCAL),
+    ],
+)
+def test_dns_rules_say_whether_the_process_resolves_through_the_pod(
+    enabled: bool, fs_mode: Literal["local", "read", "write"], through_pod: bool, backend: Side
+) -> None:
+    rules = DnsRules(NetworkConfig(dns=DnsConfig(enabled=enabled)), fs_mode=fs_mode)
+    assert rules.through_pod is through_pod
+    assert rules.decide("backend") is backend
+
+
+# --- Files: the program's own places ---
+
+PLACES = ("/srv/app/pkg", "/workspaces/proj", "/etc/app", "/var/www/site", "/home", "/")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        # A program place holds everything below it; the directories on the way to it are
+        # local too (realpath, importers walking up).
+        ("/srv/app/pkg", L),
+        ("/srv/app/pkg/shop/data.txt", L),
+        ("/srv/app", L),
+        ("/srv", L),
+        ("/srv/app/other.txt", RO),
+        ("/workspaces/proj/Makefile", L),
+        ("/workspaces", L),
+        # Never a program's place: / itself, /home, and /etc and /var with what is below.
+        ("/etc/app/config.yaml", RO),
+        ("/etc/app", RO),
+        ("/var/www/site/index.html", RO),
+        ("/home/other/file", RO),
+        ("/etc/shop/config.yaml", RO),
+        # Code files, and the manifests that tell interpreters where code is, anywhere.
+        ("/mnt/proj/package.json", L),
+        ("/mnt/proj/.venv/pyvenv.cfg", L),
+        ("/mnt/proj/settings.json", RO),
+    ],
+)
+def test_program_dirs_are_local_trees(path: str, expected: FileAction) -> None:
+    files = FileRules(FsConfig(), cwd=CWD, home=HOME, executable=EXE, program_dirs=PLACES)
+    check(files, path, False, expected)
+
+
+def test_program_dirs_must_be_absolute() -> None:
+    with pytest.raises(ValueError, match="program_dirs"):
+        FileRules(FsConfig(), cwd=CWD, home=HOME, executable=EXE, program_dirs=["pkg"])
+
+
+CWD_CASES: list[tuple[str | None, str, bool, FileAction, str]] = [
+    # current directory, path, write, expected, why
+    ("/data/other", "/data/other/Makefile", False, L, "a file in the current directory"),
+    ("/data/other", "/data/other/sub/x", False, L, "below the current directory"),
+    ("/data/other", "/data/other", False, L, "the current directory itself (listing .)"),
+    ("/data/other", "/data", False, L, "a directory leading to it"),
+    ("/data/other", "/data/else/x", False, RO, "a sibling is not"),
+    ("/data/other", "/", False, RO, "the root never is"),
+    ("/data/other", "/etc/shop/config.yaml", False, RO, "elsewhere the defaults hold"),
+    ("/data/other", "/data/other/x", True, L, "writes too"),
+    ("/etc", "/etc/shop/config.yaml", False, RO, "/etc is never the program's place"),
+    ("/var/lib/x", "/var/lib/x/y", False, L, "a system tree is local anyway"),
+    ("/var/www", "/var/www/index.html", False, RO, "/var is never the program's place"),
+    ("/home", "/home/other/x", False, RO, "/home is never the program's place"),
+    ("/", "/data/x", False, RO, "nor is /"),
+    (None, "/data/other/Makefile", False, RO, "unknown current directory"),
+]
+
+
+@pytest.mark.parametrize(("current", "path", "write", "expected", "why"), CWD_CASES)
+def test_the_current_directory_wherever_it_moved_is_local(
+    current: str | None, path: str, write: bool, expected: FileAction, why: str
+) -> None:
+    assert rules().decide(path, write=write, cwd=lambda: current) is expected, why
+
+
+@pytest.mark.parametrize(
+    ("path", "write", "expected"),
+    [
+        ("/data/other/fixtures/a.json", False, RO),  # an explicit pattern beats it
+        ("/data/other/secret.pem", False, NF),
+        ("/data/other/x", False, L),
+        ("/data/other/resolv.conf", False, L),
+    ],
+)
+def test_the_current_directory_yields_to_explicit_patterns(
+    path: str, write: bool, expected: FileAction
+) -> None:
+    config = FsConfig(read_only=["/data/other/fixtures/**"], not_found=["*.pem"])
+    assert rules(config).decide(path, write=write, cwd=lambda: "/data/other") is expected
+
+
+def test_the_current_directory_is_asked_only_when_it_matters() -> None:
+    asked = 0
+
+    def cwd() -> str:
+        nonlocal asked
+        asked += 1
+        return "/data/other"
+
+    files = rules()
+    for path in ("/usr/lib/x.so", CWD + "/a", "/etc/hosts", "/app/main.py"):
+        files.decide(path, write=False, cwd=cwd)
+    assert asked == 0
+    files.decide("/data/other/x", write=False, cwd=cwd)
+    assert asked == 1
+
+
+FAKE_FS: dict[str, Literal["dir", "file"]] = {
+    "/srv/app": "dir",
+    "/srv/app/main.py": "file",
+    "/srv/app/pkg": "dir",
+    "/srv/lib": "dir",
+    "/work/proj/sub": "dir",
+    "/work/other": "dir",
+    "/work/other/Makefile": "file",
+    "/etc/os-release": "file",
+}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["python3", "/srv/app/main.py"], {}, ("/srv/app",)),
+        (["node", "/srv/app/missing.js"], {}, ()),  # only what exists here counts
+        (["make", "-C", "/work/other"], {}, ("/work/other",)),
+        (["uvicorn", "--app-dir=/srv/app", "m:app"], {}, ("/srv/app",)),
+        (["make", "-f", "../other/Makefile"], {}, ("/work/other",)),  # relative to cwd
+        (["make", "-C", "sub"], {}, ()),  # no `/`: inside the working directory anyway
+        (["cat", "/etc/os-release"], {}, ("/etc",)),  # FileRules drops such places
+        (["python3", "-c", "print('a/b')"], {}, ()),
+        (
+            ["python3"],
+            {"PYTHONPATH": "/srv/app/pkg::/nowhere", "NODE_PATH": "/srv/lib"},
+            ("/srv/app/pkg", "/srv/lib"),
+        ),
+        (["python3", "/srv/app/main.py", "/srv/app"], {"PYTHONPATH": "/srv/app"}, ("/srv/app",)),
+        (["sh", "-c", "cd /srv/app\0 && ls"], {}, ()),
+    ],
+)
+def test_program_dirs_from_the_command_line_and_environment(
+    argv: list[str], env: dict[str, str], expected: tuple[str, ...]
+) -> None:
+    got = program_dirs(argv, env, cwd="/work/proj", kind=FAKE_FS.get)
+    assert got == expected
