@@ -1,4 +1,4 @@
-"""The agent's request operations, one handler per op name, per session.
+"""The agent's answers to a session's requests (protocol/messages.py), one session each.
 
 Each session gets its own RootFS so open file handles die with the session.
 """
@@ -17,38 +17,44 @@ from tether.agent.incoming.manager import IncomingError, IncomingManager, Sessio
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, TargetNotFound, same_netns
 from tether.protocol import MAX_PAYLOAD, RemoteError
+from tether.protocol.messages import (
+    Data,
+    Done,
+    EnvAnswer,
+    FsAccess,
+    FsClose,
+    FsListdir,
+    FsMkdir,
+    FsOpen,
+    FsRead,
+    FsReadlink,
+    FsRmdir,
+    FsStat,
+    FsUnlink,
+    FsWrite,
+    GetEnv,
+    GetHostname,
+    HostnameAnswer,
+    IncomingSubscribe,
+    LeaveAnswer,
+    LinkTarget,
+    Listing,
+    MessageError,
+    Opened,
+    Request,
+    SessionLeave,
+    SessionTarget,
+    StatAnswer,
+    Subscribed,
+    TargetAnswer,
+    Written,
+    decode_request,
+    encode_answer,
+)
 from tether.tunnel import RemoteOpError
 
 # A response must fit one frame together with msgpack's few bytes of framing.
 MAX_IO = MAX_PAYLOAD - 4096
-_FAMILIES = {0: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}
-
-
-def _str(args: dict[str, Any], key: str) -> str:
-    value = args.get(key)
-    if not isinstance(value, str):
-        raise RemoteOpError(
-            RemoteError("EINVAL", f"argument {key!r} must be a string", errno.EINVAL)
-        )
-    return value
-
-
-def _int(args: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = args.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RemoteOpError(
-            RemoteError("EINVAL", f"argument {key!r} must be an integer", errno.EINVAL)
-        )
-    return value
-
-
-def _globs(args: dict[str, Any], key: str, default: list[str]) -> list[str]:
-    value = args.get(key, default)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RemoteOpError(
-            RemoteError("EINVAL", f"argument {key!r} must be a list of strings", errno.EINVAL)
-        )
-    return value
 
 
 def resolve_error(exc: ResolveError) -> RemoteOpError:
@@ -66,7 +72,7 @@ def resolve_error(exc: ResolveError) -> RemoteOpError:
 
 
 class Operations:
-    """Request handlers for one session."""
+    """Request handlers for one session: the tunnel's `on_request`."""
 
     def __init__(
         self,
@@ -88,99 +94,71 @@ class Operations:
         self.fs.close_all()
 
     async def __call__(self, op: str, args: dict[str, Any]) -> Any:
-        """Dispatch `op`; unknown ops are ENOSYS."""
-        handler = getattr(self, "op_" + op.replace(".", "_"), None)
-        if handler is None:
-            raise RemoteOpError(RemoteError("ENOSYS", f"unknown operation {op!r}", errno.ENOSYS))
-        return await handler(args)
+        """Decode, answer and encode one request; ENOSYS/EINVAL for one outside the
+        vocabulary."""
+        try:
+            request = decode_request(op, args)
+        except MessageError as exc:
+            raise RemoteOpError(exc.error) from None
+        return encode_answer(await self.answer(request))
 
-    async def op_env(self, args: dict[str, Any]) -> dict[str, Any]:
-        env = read_environ(self.target.pid)
-        include = _globs(args, "include", ["*"])
-        exclude = _globs(args, "exclude", [])
-        return {"env": filter_env(env, include, exclude)}
+    async def answer(self, request: Request[Any]) -> Any:
+        """The answer to one request (raises OSError or RemoteOpError for the peer)."""
+        fs = self.fs
+        match request:
+            case GetEnv(include, exclude):
+                return EnvAnswer(filter_env(read_environ(self.target.pid), include, exclude))
+            case GetHostname():
+                return HostnameAnswer(self._hostname())
+            case FsStat(path, follow):
+                return StatAnswer(await asyncio.to_thread(fs.stat, path, follow))
+            case FsListdir(path):
+                return Listing(await asyncio.to_thread(fs.listdir, path))
+            case FsReadlink(path):
+                return LinkTarget(fs.readlink(path))
+            case FsAccess(path, mode):
+                fs.access(path, mode)
+                return Done()
+            case FsOpen(path, flags, mode):
+                handle = fs.open(path, flags, mode)
+                return Opened(handle, fs.fstat(handle))
+            case FsRead(handle, offset, size):
+                data = await asyncio.to_thread(fs.read, handle, offset, min(size, MAX_IO))
+                return Data(data)
+            case FsWrite(handle, data, offset):
+                return Written(await asyncio.to_thread(fs.write, handle, offset, data))
+            case FsClose(handle):
+                fs.close(handle)
+                return Done()
+            case FsUnlink(path):
+                fs.unlink(path)
+                return Done()
+            case FsMkdir(path, mode):
+                fs.mkdir(path, mode)
+                return Done()
+            case FsRmdir(path):
+                fs.rmdir(path)
+                return Done()
+            case SessionTarget(container_id):
+                return TargetAnswer(self._serve_container(container_id))
+            case SessionLeave():
+                return LeaveAnswer(self.on_leave() if self.on_leave is not None else True)
+            case IncomingSubscribe():
+                return await self._subscribe(request)
+        raise RemoteOpError(
+            RemoteError("ENOSYS", f"{request.OP} is not the agent's to answer", errno.ENOSYS)
+        )
 
-    async def op_hostname(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _hostname(self) -> str:
         try:
             name = self.fs.read_file("/etc/hostname", 4096).decode(errors="replace").strip()
         except OSError:
             name = ""
-        return {"hostname": name or os.uname().nodename}
+        return name or os.uname().nodename
 
-    async def op_resolve(self, args: dict[str, Any]) -> dict[str, Any]:
-        family = _FAMILIES.get(_int(args, "family", 0))
-        if family is None:
-            raise RemoteOpError(RemoteError("EAI_FAMILY", "family must be 0, 4 or 6", None))
-        try:
-            addresses = await self.resolver.resolve(_str(args, "name"), family)
-        except ResolveError as exc:
-            raise resolve_error(exc) from None
-        return {"addresses": addresses}
-
-    async def op_dns_query(self, args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            records = await self.resolver.query(_str(args, "name"), _str(args, "rdtype"))
-        except ResolveError as exc:
-            raise resolve_error(exc) from None
-        return {"records": records}
-
-    async def op_fs_stat(self, args: dict[str, Any]) -> dict[str, Any]:
-        follow = bool(args.get("follow", True))
-        return await asyncio.to_thread(self.fs.stat, _str(args, "path"), follow)
-
-    async def op_fs_listdir(self, args: dict[str, Any]) -> list[tuple[str, int, int]]:
-        return await asyncio.to_thread(self.fs.listdir, _str(args, "path"))
-
-    async def op_fs_readlink(self, args: dict[str, Any]) -> str:
-        return self.fs.readlink(_str(args, "path"))
-
-    async def op_fs_access(self, args: dict[str, Any]) -> None:
-        self.fs.access(_str(args, "path"), _int(args, "mode", os.F_OK))
-
-    async def op_fs_open(self, args: dict[str, Any]) -> dict[str, Any]:
-        handle = self.fs.open(
-            _str(args, "path"), _int(args, "flags", os.O_RDONLY), _int(args, "mode", 0o666)
-        )
-        return {"handle": handle, "stat": self.fs.fstat(handle)}
-
-    async def op_fs_read(self, args: dict[str, Any]) -> bytes:
-        size = min(_int(args, "size"), MAX_IO)
-        return await asyncio.to_thread(
-            self.fs.read, _int(args, "handle"), _int(args, "offset"), size
-        )
-
-    async def op_fs_write(self, args: dict[str, Any]) -> int:
-        data = args.get("data")
-        if not isinstance(data, bytes):
-            raise RemoteOpError(
-                RemoteError("EINVAL", "argument 'data' must be bytes", errno.EINVAL)
-            )
-        return await asyncio.to_thread(
-            self.fs.write, _int(args, "handle"), _int(args, "offset", -1), data
-        )
-
-    async def op_fs_fstat(self, args: dict[str, Any]) -> dict[str, int]:
-        return self.fs.fstat(_int(args, "handle"))
-
-    async def op_fs_close(self, args: dict[str, Any]) -> None:
-        self.fs.close(_int(args, "handle"))
-
-    async def op_fs_unlink(self, args: dict[str, Any]) -> None:
-        self.fs.unlink(_str(args, "path"))
-
-    async def op_fs_mkdir(self, args: dict[str, Any]) -> None:
-        self.fs.mkdir(_str(args, "path"), _int(args, "mode", 0o777))
-
-    async def op_fs_rmdir(self, args: dict[str, Any]) -> None:
-        self.fs.rmdir(_str(args, "path"))
-
-    async def op_fs_rename(self, args: dict[str, Any]) -> None:
-        self.fs.rename(_str(args, "old"), _str(args, "new"))
-
-    async def op_session_target(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _serve_container(self, container_id: str) -> int | None:
         """Serve this session from another container of the agent's pod (the agent is shared
         per pod; its own target is the container of the session that started it)."""
-        container_id = _str(args, "container_id")
         try:
             target = Target.find(container_id)
         except (TargetNotFound, ValueError) as exc:
@@ -195,69 +173,41 @@ class Operations:
             self.fs.close_all()
             self.target = target
             self.fs = RootFS(target.root)
-        return {"pid": target.pid}
+        return target.pid
 
-    async def op_session_leave(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The session is about to close; tell it whether it was the agent's last one (then
-        the agent stops taking sessions and exits, and the session removes its Job)."""
-        return {"last": self.on_leave() if self.on_leave is not None else True}
-
-    def _incoming(self) -> tuple[IncomingManager, SessionRef]:
+    async def _subscribe(self, request: IncomingSubscribe) -> Subscribed:
         if self.incoming is None or self.session is None:
             raise RemoteOpError(
                 RemoteError(
-                    "EOPNOTSUPP", "incoming traffic needs a target (this agent is targetless)", 95
+                    "EOPNOTSUPP",
+                    "incoming traffic needs a target (this agent is targetless)",
+                    errno.EOPNOTSUPP,
                 )
             )
-        return self.incoming, self.session
-
-    async def op_incoming_subscribe(self, args: dict[str, Any]) -> dict[str, Any]:
-        incoming, session = self._incoming()
-        port = _int(args, "port")
-        if not 0 < port < 65536:
-            raise RemoteOpError(RemoteError("EINVAL", f"port {port} is out of range", errno.EINVAL))
-        mode = args.get("mode")
-        if mode not in ("mirror", "steal"):
+        if not 0 < request.port < 65536:
+            raise RemoteOpError(
+                RemoteError("EINVAL", f"port {request.port} is out of range", errno.EINVAL)
+            )
+        if request.mode not in ("mirror", "steal"):
             raise RemoteOpError(RemoteError("EINVAL", "mode must be mirror or steal", errno.EINVAL))
-        wire = args.get("filter")
         http_filter = None
-        if wire is not None:
+        if request.filter is not None:
             try:
-                http_filter = HttpFilter.from_wire(wire)
+                http_filter = HttpFilter.from_wire(request.filter)
             except ValueError as exc:
                 raise RemoteOpError(RemoteError("EINVAL", str(exc), errno.EINVAL)) from None
-        who = args.get("who")
-        if isinstance(who, str) and who:
-            session.who = who
+        if request.who:
+            self.session.who = request.who
         try:
-            warnings = await incoming.subscribe(
-                session,
-                port,
-                mode,
+            warnings = await self.incoming.subscribe(
+                self.session,
+                request.port,
+                "steal" if request.mode == "steal" else "mirror",
                 http_filter,
-                steal_probes=bool(args.get("steal_probes", False)),
-                override=bool(args.get("override", False)),
-                reset=bool(args.get("reset", True)),
+                steal_probes=request.steal_probes,
+                override=request.override,
+                reset=request.reset,
             )
         except IncomingError as exc:
             raise exc.as_remote() from None
-        return {"warnings": warnings}
-
-    async def op_incoming_unsubscribe(self, args: dict[str, Any]) -> dict[str, Any]:
-        incoming, session = self._incoming()
-        return {"removed": await incoming.unsubscribe(session, _int(args, "port"))}
-
-    async def op_incoming_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        incoming, session = self._incoming()
-        return {
-            "subscriptions": [
-                {
-                    "port": s.port,
-                    "mode": s.mode,
-                    "filter": s.filter.to_wire() if s.filter else None,
-                    "who": s.session.who,
-                    "mine": s.session is session,
-                }
-                for s in incoming.subscriptions()
-            ]
-        }
+        return Subscribed(warnings)

@@ -39,6 +39,7 @@ from tether.local.forward import (
 from tether.local.incoming import PortSpecError, parse_port_spec
 from tether.local.progress import Progress
 from tether.local.session import SessionError, open_session
+from tether.protocol.messages import GetEnv
 
 F = TypeVar("F", bound=Callable[..., Any])
 # What a user can act on: reported as one line. OSError covers the local machine's refusals
@@ -292,10 +293,8 @@ def env(fmt: str, include: tuple[str, ...], exclude: tuple[str, ...], **opts: An
 
     async def go() -> int:
         async with open_session(config, progress) as session:
-            got = await session.tunnel.request(
-                "env", {"include": config.env.include, "exclude": config.env.exclude}
-            )
-        variables: dict[str, str] = {**got["env"], **config.env.override}
+            got = await session.tunnel.call(GetEnv(config.env.include, config.env.exclude))
+        variables: dict[str, str] = {**got.env, **config.env.override}
         click.echo(format_env(variables, fmt), nl=False)
         return 0
 

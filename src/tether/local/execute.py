@@ -29,6 +29,7 @@ from tether.local.rules import DnsRules, FileRules, NetRules, PathKind, program_
 from tether.local.served import nameservers_in, nsswitch_for_process, resolv_conf_for_process
 from tether.local.session import open_session
 from tether.local.supervisor import ALLOW_IF, TRAPPED, WRITE_TRAPPED, Supervisor
+from tether.protocol.messages import GetEnv, GetHostname
 from tether.tunnel import RemoteOpError, Tunnel
 
 
@@ -107,12 +108,8 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
     dns_rules = DnsRules(config.network, fs_mode=config.fs.mode)
     async with open_session(config, progress) as session:
         tunnel = session.tunnel
-        remote_env = (
-            await tunnel.request(
-                "env", {"include": config.env.include, "exclude": config.env.exclude}
-            )
-        )["env"]
-        hostname = (await tunnel.request("hostname", {}))["hostname"]
+        remote_env = (await tunnel.call(GetEnv(config.env.include, config.env.exclude))).env
+        hostname = (await tunnel.call(GetHostname())).hostname
         try:
             pod_resolv = await RemoteFiles(tunnel).read_text("/etc/resolv.conf")
         except RemoteOpError:

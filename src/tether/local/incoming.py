@@ -3,6 +3,7 @@ delivering what it sends (one tunnel stream per connection) to the local app's p
 
 import asyncio
 import contextlib
+import errno
 import socket
 from collections import Counter
 from dataclasses import dataclass
@@ -12,6 +13,14 @@ from tether.config.models import IncomingConfig
 from tether.errors import UserError
 from tether.local.progress import Progress
 from tether.protocol import RemoteError
+from tether.protocol.messages import (
+    Done,
+    IncomingLost,
+    IncomingSubscribe,
+    MessageError,
+    decode_request,
+    encode_answer,
+)
 from tether.tunnel import RemoteOpError, Tunnel, TunnelStream
 
 Mode = Literal["mirror", "steal"]
@@ -82,17 +91,17 @@ class IncomingClient:
         target_port = local if local is not None else self.config.local_port(remote)
         previous = self.ports.get(remote)
         self.ports[remote] = target_port
-        args: dict[str, Any] = {
-            "port": remote,
-            "mode": chosen,
-            "filter": _filter_wire(self.config) if chosen == "steal" else None,
-            "steal_probes": self.config.steal_probes,
-            "override": self.config.override,
-            "reset": self.config.reset_connections,
-            "who": self.who,
-        }
+        request = IncomingSubscribe(
+            port=remote,
+            mode=chosen,
+            filter=_filter_wire(self.config) if chosen == "steal" else None,
+            steal_probes=self.config.steal_probes,
+            override=self.config.override,
+            reset=self.config.reset_connections,
+            who=self.who,
+        )
         try:
-            answer = await self.tunnel.request("incoming.subscribe", args)
+            answer = await self.tunnel.call(request)
         except RemoteOpError as exc:
             # A refused change leaves an earlier subscription of the port (still honoured).
             if remote in self._granted and previous is not None:
@@ -101,8 +110,8 @@ class IncomingClient:
                 self.ports.pop(remote, None)
             raise IncomingError(f"cannot {chosen} port {remote}: {exc}") from None
         self._granted.add(remote)
-        for warning in answer.get("warnings", []) if isinstance(answer, dict) else []:
-            self.progress.warn(str(warning))
+        for warning in answer.warnings:
+            self.progress.warn(warning)
         what: str = chosen
         if chosen == "steal" and self.config.http_filter is not None:
             what = "steal requests matching the filter on"
@@ -142,18 +151,23 @@ class IncomingClient:
                 f"incoming: port {remote}: {self.delivered[remote]} connection(s) delivered"
             )
 
-    async def _on_request(self, op: str, args: dict[str, Any]) -> None:
-        """The agent's notices: `incoming.lost` when another session took a port over."""
-        if op != "incoming.lost":
-            raise RemoteOpError(RemoteError("ENOSYS", f"unknown operation {op!r}", 38))
-        port = args.get("port")
-        if isinstance(port, int):
-            self.ports.pop(port, None)
-            self._granted.discard(port)
+    async def _on_request(self, op: str, args: dict[str, Any]) -> Any:
+        """The agent's notices: IncomingLost when another session took a port over."""
+        try:
+            request = decode_request(op, args)
+        except MessageError as exc:
+            raise RemoteOpError(exc.error) from None
+        if not isinstance(request, IncomingLost):
+            raise RemoteOpError(
+                RemoteError("ENOSYS", f"{op} is not the CLI's to answer", errno.ENOSYS)
+            )
+        self.ports.pop(request.port, None)
+        self._granted.discard(request.port)
         self.progress.warn(
-            f"port {port} was taken over by {args.get('by', 'another session')} (--override):"
+            f"port {request.port} was taken over by {request.by} (--override):"
             " this session no longer receives its traffic"
         )
+        return encode_answer(Done())
 
     async def _on_stream(self, stream: TunnelStream) -> None:
         if stream.kind != "incoming":

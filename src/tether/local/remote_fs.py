@@ -3,8 +3,16 @@ process reads, seeks, mmaps and fstats it natively; metadata calls answered from
 
 import os
 from pathlib import PurePosixPath
-from typing import Any
 
+from tether.protocol.messages import (
+    FsAccess,
+    FsClose,
+    FsOpen,
+    FsRead,
+    FsReadlink,
+    FsStat,
+    FsWrite,
+)
 from tether.tunnel import Tunnel
 
 # Below the protocol's per-response cap.
@@ -21,16 +29,13 @@ class RemoteFiles:
         """A memfd (our fd) holding the remote file's bytes, read in chunks so a big file never
         sits in memory whole; named `memfd_name` (default: the file's name). Raises
         RemoteOpError (with errno) if the agent cannot open it."""
-        opened = await self.tunnel.request("fs.open", {"path": path, "flags": os.O_RDONLY})
-        handle = opened["handle"]
+        handle = (await self.tunnel.call(FsOpen(path, os.O_RDONLY))).handle
         name = memfd_name or PurePosixPath(path).name or "tether"
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             offset = 0
             while True:
-                data = await self.tunnel.request(
-                    "fs.read", {"handle": handle, "offset": offset, "size": CHUNK}
-                )
+                data = (await self.tunnel.call(FsRead(handle, offset, CHUNK))).data
                 if not data:
                     break
                 view = memoryview(data)
@@ -42,7 +47,7 @@ class RemoteFiles:
             os.close(fd)
             raise
         finally:
-            await self.tunnel.request("fs.close", {"handle": handle})
+            await self.tunnel.call(FsClose(handle))
         return fd
 
     async def read_text(self, path: str) -> str:
@@ -56,33 +61,24 @@ class RemoteFiles:
 
     async def stat(self, path: str, follow: bool) -> dict[str, int]:
         """The remote stat result as a dict of st_* fields."""
-        result: dict[str, int] = await self.tunnel.request(
-            "fs.stat", {"path": path, "follow": follow}
-        )
-        return result
+        return (await self.tunnel.call(FsStat(path, follow))).stat
 
     async def access(self, path: str, mode: int) -> None:
         """Raise RemoteOpError unless `mode` access is allowed remotely."""
-        await self.tunnel.request("fs.access", {"path": path, "mode": mode})
+        await self.tunnel.call(FsAccess(path, mode))
 
     async def readlink(self, path: str) -> str:
         """A remote symlink's target."""
-        target: str = await self.tunnel.request("fs.readlink", {"path": path})
-        return target
+        return (await self.tunnel.call(FsReadlink(path))).target
 
     async def write_back(self, path: str, fd: int) -> None:
         """Replace the remote file's content with our fd's (write mode's close)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        opened: dict[str, Any] = await self.tunnel.request(
-            "fs.open", {"path": path, "flags": flags, "mode": 0o644}
-        )
-        handle = opened["handle"]
+        handle = (await self.tunnel.call(FsOpen(path, flags, 0o644))).handle
         try:
             offset = 0
             while chunk := os.pread(fd, CHUNK, offset):
-                await self.tunnel.request(
-                    "fs.write", {"handle": handle, "offset": offset, "data": chunk}
-                )
+                await self.tunnel.call(FsWrite(handle, chunk, offset))
                 offset += len(chunk)
         finally:
-            await self.tunnel.request("fs.close", {"handle": handle})
+            await self.tunnel.call(FsClose(handle))

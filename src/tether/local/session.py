@@ -27,6 +27,7 @@ from tether.kube.portforward import open_portforward
 from tether.kube.targets import ResolvedTarget, ensure_namespace, parse_target, resolve_target
 from tether.local.progress import Progress
 from tether.protocol import Connection, Role
+from tether.protocol.messages import SessionLeave, SessionTarget
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 HANDSHAKE_TIMEOUT = 15.0
@@ -101,8 +102,7 @@ async def _leave(kube: KubeClient, acquired: AcquiredAgent, tunnel: Tunnel | Non
         return True  # the agent ended every session: it is exiting (target gone, stopped)
     if tunnel is not None and not tunnel.closed:
         try:
-            answer = await tunnel.request("session.leave", {}, timeout=LEAVE_TIMEOUT)
-            return bool(answer.get("last", True)) if isinstance(answer, dict) else True
+            return (await tunnel.call(SessionLeave(), timeout=LEAVE_TIMEOUT)).last
         except (TimeoutError, TunnelClosedError, RemoteOpError):
             pass
     # Without an answer, remove the Job only if its agent is gone anyway: another
@@ -160,9 +160,7 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
                 if target is not None and not acquired.created:
                     # A shared agent serves the whole pod; it started on its creator's container.
                     try:
-                        await tunnel.request(
-                            "session.target", {"container_id": target.container_id}
-                        )
+                        await tunnel.call(SessionTarget(target.container_id))
                     except RemoteOpError as exc:
                         what = f"container {target.container_name}"
                         raise SessionError(f"the shared agent cannot serve {what}: {exc}") from None

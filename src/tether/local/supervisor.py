@@ -53,8 +53,11 @@ from tether.local.outgoing import OutgoingProxy, UdpProxy
 from tether.local.progress import Progress
 from tether.local.remote_fs import RemoteFiles
 from tether.local.rules import FileAction, FileRules, NetRules, Side
+from tether.protocol.messages import FsListdir, FsMkdir, FsRmdir, FsUnlink
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
+# unlinkat(2)'s flag: remove a directory.
+AT_REMOVEDIR = 0x200
 log = logging.getLogger("tether.supervisor")
 
 AT_FDCWD = -100
@@ -550,7 +553,7 @@ class Supervisor:
             self.listener.respond_value(notif.id, target_fd)
 
     async def _open_remote_dir(self, notif: Notification, path: str, flags: int) -> None:
-        entries = await self.tunnel.request("fs.listdir", {"path": path})
+        entries = (await self.tunnel.call(FsListdir(path))).entries
         self._view_serial += 1
         view = _mirror_listing(self.views, self._view_serial, path, entries)
         fd = os.open(view, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -603,16 +606,17 @@ class Supervisor:
         if self._decide(notif, path, write=True) is not FileAction.REMOTE_RW:
             self.listener.respond_continue(notif.id)
             return
+        change: FsMkdir | FsRmdir | FsUnlink
         if nr in (Syscall.mkdir, Syscall.mkdirat):
-            op, args = "fs.mkdir", {"path": path, "mode": mode & 0o7777}
-        elif nr == Syscall.rmdir or (nr == Syscall.unlinkat and flags & 0x200):  # AT_REMOVEDIR
-            op, args = "fs.rmdir", {"path": path}
+            change = FsMkdir(path, mode & 0o7777)
+        elif nr == Syscall.rmdir or (nr == Syscall.unlinkat and flags & AT_REMOVEDIR):
+            change = FsRmdir(path)
         else:
-            op, args = "fs.unlink", {"path": path}
+            change = FsUnlink(path)
 
         async def remote_change() -> None:
-            await self.tunnel.request(op, args)
-            entry = self.written.pop(path, None) if op == "fs.unlink" else None
+            await self.tunnel.call(change)
+            entry = self.written.pop(path, None) if isinstance(change, FsUnlink) else None
             if entry is not None:
                 os.close(entry[0])
             self.listener.respond_value(notif.id, 0)

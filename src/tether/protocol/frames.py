@@ -12,7 +12,11 @@ import msgpack
 
 from tether.protocol.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+# The frame format and the message vocabulary (messages.py) together: bump on any change to
+# either, so that mismatched ends fail their handshake with the version message.
+# 2: the typed vocabulary (answers as maps; resolve, dns.query, fs.fstat, fs.rename,
+# incoming.unsubscribe and incoming.list gone).
+PROTOCOL_VERSION = 2
 # Payloads above this are refused, so a decoder never buffers more than one such frame.
 MAX_PAYLOAD = 256 * 1024
 HEADER = struct.Struct("!IBI")  # length of (type + id + payload), type, stream/request id
@@ -79,9 +83,16 @@ class FrameDecoder:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes; return every complete frame. Raises ProtocolError on a bad header."""
+        """Add bytes; return every complete frame before the first bad header, if any.
+
+        At a bad header `error` is set (the caller raises it once it has handled the frames
+        before it) and every later call returns no frame.
+        """
+        if self.error is not None:
+            return []
         # Parse straight out of `data` when nothing is pending, so a whole frame costs one
         # copy (its payload); only a trailing partial frame is buffered.
         if self._buf:
@@ -96,10 +107,10 @@ class FrameDecoder:
         while end - pos >= HEADER.size:
             length, ftype, ident = unpack_from(src, pos)
             if length < _MIN_LENGTH or length - _MIN_LENGTH > MAX_PAYLOAD:
-                raise ProtocolError(f"frame length {length} out of range")
+                return self._fail(frames, f"frame length {length} out of range")
             kind = _TYPES.get(ftype)
             if kind is None:
-                raise ProtocolError(f"unknown frame type {ftype}")
+                return self._fail(frames, f"unknown frame type {ftype}")
             stop = pos + 4 + length
             if stop > end:
                 break
@@ -109,6 +120,13 @@ class FrameDecoder:
             del self._buf[:pos]
         elif pos < end:
             self._buf = bytearray(data[pos:])
+        return frames
+
+    def _fail(self, frames: list[Frame], reason: str) -> list[Frame]:
+        # The frames before a bad header still count (a REJECT or GOAWAY among them says why
+        # the peer went wrong); nothing after it can be framed.
+        self.error = ProtocolError(reason)
+        self._buf = bytearray()
         return frames
 
     @property

@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tether.errors import UserError
 from tether.protocol import (
@@ -28,9 +28,11 @@ from tether.protocol import (
     WindowUpdated,
 )
 from tether.protocol.errors import StreamStateError
+from tether.protocol.messages import MessageError, Request, decode_answer, encode_request
 from tether.tunnel.stream import TunnelStream
 from tether.tunnel.transport import Transport
 
+A = TypeVar("A")
 log = logging.getLogger("tether.tunnel")
 
 RequestHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -343,6 +345,18 @@ class Tunnel:
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(rid, None)
+
+    async def call(self, request: Request[A], timeout: float | None = 30) -> A:
+        """Send a typed request (protocol/messages.py); return its typed answer.
+
+        Raises RemoteOpError (the peer refused, or answered outside the vocabulary) and
+        TunnelClosedError."""
+        op, args = encode_request(request)
+        result = await self.request(op, args, timeout)
+        try:
+            return decode_answer(request, result)
+        except MessageError as exc:
+            raise RemoteOpError(exc.error) from None
 
     async def open_stream(self, kind: str, params: dict[str, Any]) -> TunnelStream:
         """Open a stream and wait until the peer accepts it (RemoteOpError if refused)."""

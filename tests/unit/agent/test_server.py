@@ -10,6 +10,7 @@ import pytest
 from tether.agent.server import Agent
 from tether.agent.target import Target
 from tether.protocol import Connection, Role
+from tether.protocol.messages import FsClose, FsOpen, FsRead, FsStat, GetEnv, GetHostname
 from tether.tunnel import RemoteOpError, StreamTransport, Tunnel, TunnelClosedError
 
 SECRET = os.urandom(16)
@@ -42,26 +43,25 @@ async def test_env_hostname_and_files(served: tuple[Agent, int], tmp_path: Path)
     os.environ["TETHER_TEST_VAR"] = "yes"
     client = await _client(port)
     try:
-        env = (await client.request("env", {"include": ["TETHER_TEST_*"]}))["env"]
+        env = (await client.call(GetEnv(include=["TETHER_TEST_*"]))).env
         assert env == {"TETHER_TEST_VAR": "yes"}
-        assert (await client.request("hostname", {}))["hostname"] == os.uname().nodename
+        assert (await client.call(GetHostname())).hostname == os.uname().nodename
         f = tmp_path / "hello.txt"
         f.write_text("hello agent\n")
-        opened = await client.request("fs.open", {"path": str(f), "flags": os.O_RDONLY})
-        assert opened["stat"]["st_size"] == 12
-        data = await client.request(
-            "fs.read", {"handle": opened["handle"], "offset": 6, "size": 100}
-        )
-        assert data == b"agent\n"
-        await client.request("fs.close", {"handle": opened["handle"]})
+        opened = await client.call(FsOpen(str(f), os.O_RDONLY))
+        assert opened.stat["st_size"] == 12
+        assert (await client.call(FsRead(opened.handle, 6, 100))).data == b"agent\n"
+        await client.call(FsClose(opened.handle))
         with pytest.raises(RemoteOpError) as info:
-            await client.request("fs.stat", {"path": str(tmp_path / "missing")})
+            await client.call(FsStat(str(tmp_path / "missing")))
         assert info.value.error.code == "ENOENT"
         with pytest.raises(RemoteOpError) as info:
             await client.request("no.such.op", {})
         assert info.value.error.code == "ENOSYS"
-        addrs = (await client.request("resolve", {"name": "127.0.0.1"}))["addresses"]
-        assert addrs == ["127.0.0.1"]
+        # A request outside the vocabulary's types is refused, not half-run.
+        with pytest.raises(RemoteOpError) as info:
+            await client.request("fs.read", {"handle": "1", "offset": 0, "size": 1})
+        assert info.value.error.code == "EINVAL"
     finally:
         await client.close()
 

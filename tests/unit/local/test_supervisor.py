@@ -100,6 +100,9 @@ class FailingTunnel:
     async def request(self, op: str, args: dict[str, Any]) -> Any:
         raise self.error
 
+    async def call(self, request: Any, timeout: float | None = 30) -> Any:
+        raise self.error
+
     async def open_stream(self, kind: str, args: dict[str, Any]) -> Any:
         raise self.error
 

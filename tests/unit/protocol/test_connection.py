@@ -24,7 +24,7 @@ from tether.protocol import (
 )
 from tether.protocol.errors import StreamStateError
 from tether.protocol.events import Event
-from tether.protocol.frames import FrameType, encode, pack
+from tether.protocol.frames import HEADER, MAX_PAYLOAD, PROTOCOL_VERSION, FrameType, encode, pack
 
 SECRET = b"s" * 32
 
@@ -37,7 +37,7 @@ def pair(window: int = 1024) -> tuple[Connection, Connection]:
     client = Connection(Role.CLIENT, secret=SECRET, version="0.1.0", window=window)
     agent = Connection(Role.AGENT, secret=SECRET, version="0.1.0", window=window)
     client.initiate()
-    assert shuttle(client, agent) == [Handshaken("0.1.0", 1, {})]
+    assert shuttle(client, agent) == [Handshaken("0.1.0", PROTOCOL_VERSION, {})]
     (welcome,) = shuttle(agent, client)
     assert isinstance(welcome, Handshaken)
     assert client.handshaken and agent.handshaken
@@ -205,3 +205,48 @@ def test_large_data_is_split_into_bounded_frames() -> None:
     events = shuttle(client, agent)
     assert len(events) == 4
     assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == blob
+
+
+def test_a_protocol_error_closes_the_connection_for_good() -> None:
+    # Found by fuzz/protocol.py: after a refused frame the connection still took frames.
+    _client, agent = pair()
+    with pytest.raises(ProtocolError):
+        agent.receive_data(encode(FrameType.DATA, 1001, b"x"))
+    assert agent.closed
+    assert agent.receive_data(encode(FrameType.PING, 0, b"still there?")) == []
+    assert agent.data_to_send() == b""
+
+
+def test_a_bad_header_releases_what_the_decoder_held() -> None:
+    # Found checking fuzz/protocol.py's bound after errors (too big for its inputs): a bad
+    # header after a buffered partial frame kept every byte of that read.
+    _client, agent = pair()
+    ping = encode(FrameType.PING, 0, b"p")
+    agent.receive_data(ping[:3])
+    bad = b"\xff" * HEADER.size
+    with pytest.raises(ProtocolError):
+        agent.receive_data(ping[3:] + ping * 30000 + bad)
+    assert agent.buffered < MAX_PAYLOAD + HEADER.size
+
+
+def test_a_rejection_is_reported_even_with_garbage_after_it() -> None:
+    # Found by fuzz/protocol.py: REJECT followed by bad bytes in the same read raised "frame
+    # length out of range" (the agent's reason lost), though the REJECT alone, or the same
+    # bytes in two reads, report the rejection.
+    client = Connection(Role.CLIENT, secret=SECRET, version="0.1.0")
+    client.initiate()
+    reject = encode(FrameType.REJECT, 0, pack({"code": "secret", "reason": "wrong secret"}))
+    assert client.receive_data(reject + b"\xff" * 9) == [
+        HandshakeRejected("secret", "wrong secret")
+    ]
+    assert client.closed
+
+
+def test_frames_before_a_bad_header_take_effect_before_the_error() -> None:
+    # The same read, cut anywhere, must end the same way: the PING before the bad header is
+    # answered, then the error is raised.
+    _client, agent = pair()
+    with pytest.raises(ProtocolError, match="out of range"):
+        agent.receive_data(encode(FrameType.PING, 0, b"p") + b"\xff" * 9)
+    assert agent.data_to_send() == encode(FrameType.PONG, 0, b"p")
+    assert agent.closed

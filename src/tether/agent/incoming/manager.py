@@ -27,6 +27,7 @@ from tether.agent.incoming.subscriptions import (
 )
 from tether.agent.iptables import RedirectError, Redirector
 from tether.agent.netns import NetnsExecutor
+from tether.protocol.messages import IncomingLost
 from tether.tunnel import RemoteOpError, TunnelClosedError
 
 __all__ = [
@@ -231,6 +232,4 @@ class IncomingManager:
 async def _tell_lost(lost: Subscription, by: str) -> None:
     """Let a session know another one took its port (best effort: it may be gone too)."""
     with contextlib.suppress(RemoteOpError, TunnelClosedError, TimeoutError):
-        await lost.session.tunnel.request(
-            "incoming.lost", {"port": lost.port, "by": by}, timeout=OPEN_TIMEOUT
-        )
+        await lost.session.tunnel.call(IncomingLost(lost.port, by), timeout=OPEN_TIMEOUT)

@@ -188,7 +188,7 @@ def test_wire_round_trip_property(
 
 @pytest.mark.parametrize("pattern", ["a{99999999999}", "(" * 2000 + ")" * 2000])
 def test_from_wire_refuses_what_re_cannot_compile_with_a_value_error(pattern: str) -> None:
-    # Found with fuzz/config.py (the CLI's own check had the same hole): re.compile raises
+    # Found writing fuzz/config.py (the CLI's own check had the same hole): re.compile raises
     # OverflowError or RecursionError for these, which escaped from_wire's ValueError contract.
     with pytest.raises(ValueError, match="filter field path: invalid regex"):
         HttpFilter.from_wire({"path": pattern})

@@ -42,6 +42,7 @@ from tether.config.models import HttpFilterConfig, IncomingConfig
 from tether.local.incoming import IncomingClient, IncomingError
 from tether.local.progress import Progress
 from tether.protocol import Connection, Role
+from tether.protocol.messages import SessionLeave
 from tether.tunnel import (
     RemoteOpError,
     StreamTransport,
@@ -398,10 +399,8 @@ async def test_unfiltered_steal_takes_connections_and_excludes_others(world: Wor
         await asyncio.sleep(0.01)
     assert f"warning: port {world.port} was taken over by bob (--override)" in alice.output
     assert world.port not in alice.incoming.ports
-    listed = (await alice.tunnel.request("incoming.list", {}))["subscriptions"]
-    assert [(s["who"], s["mode"], s["filter"], s["mine"]) for s in listed] == [
-        ("bob", "steal", None, False)
-    ]
+    listed = world.manager.subscriptions()
+    assert [(s.session.who, s.mode, s.filter) for s in listed] == [("bob", "steal", None)]
 
     # Probes too, once asked for (a subscription of the same session replaces the old one).
     assert (await world.ask(PROBE)).server == "pod"
@@ -471,8 +470,9 @@ async def test_filtered_steal_beside_an_unfiltered_one_warns(world: World) -> No
     )
     assert (await world.ask(("X-Dev", "bob"))).server == "alice"
 
-    answer = await alice.tunnel.request("incoming.unsubscribe", {"port": world.port})
-    assert answer == {"removed": True}
+    # alice leaves: her whole steal goes, and bob's filter gets its requests.
+    await alice.tunnel.close()
+    await eventually(lambda: [s.session.who for s in world.manager.subscriptions()] == ["bob"])
     assert (await world.ask(("X-Dev", "bob"))).server == "bob"
     assert (await world.ask()).server == "pod"
 
@@ -617,10 +617,10 @@ async def test_session_leave_tells_the_last_one(world: World) -> None:
     agent = world.agent
     assert agent is not None
 
-    assert await alice.tunnel.request("session.leave", {}) == {"last": False}
+    assert (await alice.tunnel.call(SessionLeave())).last is False
     assert not agent._exiting
     await alice.leave()
-    assert await bob.tunnel.request("session.leave", {}) == {"last": True}
+    assert (await bob.tunnel.call(SessionLeave())).last is True
     assert agent._exiting
     # The agent is about to exit: a newcomer is turned away (and starts an agent of its own).
     with pytest.raises(TunnelClosedError):
