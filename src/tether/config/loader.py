@@ -30,6 +30,11 @@ CONFIG_NAMES = ("tether.toml", "tether.yaml", "tether.yml", "tether.json")
 # Looked for in the user config directory (see user_config_dir), first found wins.
 USER_CONFIG_NAMES = ("config.toml", "config.yaml", "config.yml", "config.json")
 ENV_PREFIX = "TETHER_"
+# The schema nests a few levels; deeper data is refused before anything recurses into it
+# (parsers, copy.deepcopy and validation recurse, and would hit Python's recursion limit).
+MAX_DEPTH = 32
+_FORMATS = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+_TOO_DEEP = object()  # what a parser that ran out of stack returned
 
 # Highest first; the names `tether config` shows as the source of a value.
 PRECEDENCE = (
@@ -176,7 +181,10 @@ def file_layer(path: Path, shown: str) -> Layer:
         raise ConfigError(f"{shown}: expected a table of settings, got {type(data).__name__}")
     kubeconfig = data.get("kubeconfig")
     if isinstance(kubeconfig, str):
-        kube = Path(kubeconfig).expanduser()
+        try:
+            kube = Path(kubeconfig).expanduser()
+        except RuntimeError as exc:  # ~USER of a user this machine does not know
+            raise ConfigError(f"{shown}: kubeconfig: cannot expand {kubeconfig!r}: {exc}") from None
         if not kube.is_absolute():
             data = {**data, "kubeconfig": str(path.parent / kube)}
     return Layer(shown, data)
@@ -300,9 +308,32 @@ def parse_env_value(setting: EnvSetting, text: str) -> object:
 
 def _json(text: str) -> object:
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        pass
+    else:
+        if not _too_deep(value):
+            return value
+    raise ValueError(f"invalid JSON: nested more than {MAX_DEPTH} levels deep")
+
+
+def _too_deep(data: object) -> bool:
+    """Whether lists and tables in `data` nest more than MAX_DEPTH levels (YAML's anchors
+    can make it refer to itself: that is deeper than any limit)."""
+    deepest: dict[int, int] = {}  # by id: a shared value is looked into again only deeper
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if not isinstance(value, dict | list) or deepest.get(id(value), 0) >= depth:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        deepest[id(value)] = depth
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def env_layer(environ: Mapping[str, str] = os.environ) -> Layer:
@@ -558,19 +589,30 @@ def _read(path: Path, shown: str) -> object:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{shown}: cannot read: {exc}") from None
     suffix = path.suffix.lower()
+    fmt = _FORMATS.get(suffix)
     try:
         if suffix == ".toml":
-            return tomllib.loads(text)
-        if suffix in (".yaml", ".yml"):
+            data: object = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
             # An empty YAML file is an empty configuration, not an error.
             loaded = yaml.safe_load(text)
-            return {} if loaded is None else loaded
-        if suffix == ".json":
-            return json.loads(text)
+            data = {} if loaded is None else loaded
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{shown}: unknown config format (use .toml, .yaml, .yml or .json)")
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{shown}: invalid TOML: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{shown}: invalid YAML: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{shown}: invalid JSON: {exc}") from None
-    raise ConfigError(f"{shown}: unknown config format (use .toml, .yaml, .yml or .json)")
+    except RecursionError:
+        data = _TOO_DEEP
+    except ValueError as exc:
+        # Beyond their own error types the parsers raise ValueError: a date that does not
+        # exist (YAML's 2001-02-30), an integer longer than int() takes (4300 digits).
+        raise ConfigError(f"{shown}: invalid {fmt}: {exc}") from None
+    if data is _TOO_DEEP or _too_deep(data):
+        raise ConfigError(f"{shown}: invalid {fmt}: nested more than {MAX_DEPTH} levels deep")
+    return data

@@ -180,7 +180,12 @@ def _segment_regex(segment: str, pattern: str) -> str:
                 raise ValueError(f"path pattern {pattern!r}: unclosed `[`")
             members = "".join("\\" + c if c in "\\]^[" else c for c in segment[start:end])
             # A range such as `+-0` spans `/`, which a component never holds.
-            out.append(f"[^/{members}]" if negate else f"(?!/)[{members}]")
+            regex = f"[^/{members}]" if negate else f"(?!/)[{members}]"
+            try:
+                re.compile(regex)
+            except re.error as exc:  # a reversed range, such as `[z-a]`
+                raise ValueError(f"path pattern {pattern!r}: {exc.msg}") from None
+            out.append(regex)
             i = end
         else:
             out.append(re.escape(char))
@@ -419,7 +424,9 @@ class NetworkConfig(BaseModel):
 def _regex(value: str) -> str:
     try:
         re.compile(value)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
+        # re raises more than re.error: OverflowError for a{99999999999}, RecursionError for
+        # thousands of nested groups.
         raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
     return value
 

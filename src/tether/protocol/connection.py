@@ -226,18 +226,29 @@ class Connection:
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the peer; return the events they complete.
 
-        Raises ProtocolError (or a subclass) when the peer breaks the protocol; the caller
-        should then send `data_to_send()` (it may hold a REJECT) and drop the connection.
+        Raises ProtocolError (or a subclass) when the peer breaks the protocol; the connection
+        is then closed (later calls return no events) and the caller should send
+        `data_to_send()` (it may hold a REJECT) and drop it.
         """
         if self._state is _State.CLOSED:
             return []
         events: list[Event] = []
-        for frame in self._decoder.feed(data):
-            event = self._dispatch(frame)
-            if event is not None:
-                events.append(event)
-            if self.closed:
-                break
+        try:
+            for frame in self._decoder.feed(data):
+                event = self._dispatch(frame)
+                if event is not None:
+                    events.append(event)
+                if self.closed:
+                    break
+            else:
+                if self._decoder.error is not None:
+                    raise self._decoder.error
+        except ProtocolError:
+            # Nothing after a broken frame can be trusted: the peer is not heard further, and
+            # what the decoder still held is let go.
+            self._state = _State.CLOSED
+            self._decoder = FrameDecoder()
+            raise
         return events
 
     def _dispatch(self, frame: Frame) -> Event | None:

@@ -260,3 +260,36 @@ def test_schema_has_descriptions() -> None:
 def test_agent_config_is_strict_about_ranges() -> None:
     with pytest.raises(ValueError, match="port"):
         AgentConfig(port=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "what"),
+    [
+        # Found writing fuzz/config.py's invariant "ConfigError or a config": the parsers,
+        # re and Path.expanduser raise more than the errors we caught.
+        ("tether.yaml", "target: 2001-02-30\n", "invalid YAML: day is out of range for month"),
+        ("tether.json", "[" * 1200, "invalid JSON: nested more than 32 levels deep"),
+        ("tether.toml", "a = " + "[" * 600, "invalid TOML: nested more than 32 levels deep"),
+        ("tether.yml", "[" * 600, "invalid YAML: nested more than 32 levels deep"),
+        ("tether.toml", "namespace = " + "1" * 4400, "invalid TOML: Exceeds the limit"),
+        ("tether.yaml", "kubeconfig: ~nosuchuser-tether/config\n", "kubeconfig: cannot expand"),
+        (
+            "tether.yaml",
+            "incoming: {mode: steal, http_filter: {path: 'a{99999999999}'}}",
+            "incoming.http_filter.path: invalid regular expression",
+        ),
+        (
+            "tether.yaml",
+            "incoming: {mode: steal, http_filter: {header: ['" + "(" * 600 + "']}}",
+            "incoming.http_filter.header[0]: invalid regular expression",
+        ),
+    ],
+)
+def test_what_the_parsers_choke_on_is_a_config_error(
+    tmp_path: Path, name: str, text: str, what: str
+) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, tmp_path)
+    assert str(info.value).startswith(f"{name}: {what}"), str(info.value)
+    assert len(str(info.value).splitlines()) == 1

@@ -309,3 +309,15 @@ def test_schema_describes_the_new_sections() -> None:
     for model in ("FsConfig", "NetworkConfig", "OutgoingConfig", "DnsConfig"):
         assert defs[model]["additionalProperties"] is False
         assert defs[model]["description"]
+
+
+def test_a_glob_class_that_is_no_regex_class_is_refused() -> None:
+    # Found by fuzz/config.py: `[x-d]` (a reversed range) passed validation, then made
+    # tether.local.rules fail with re.error when it compiled the patterns.
+    with pytest.raises(ConfigError) as info:
+        validate_config({"fs": {"local": ["/src/[x-d]*"]}}, "tether.toml")
+    assert str(info.value) == (
+        "tether.toml: fs.local[0]: path pattern '/src/[x-d]*': bad character range x-d"
+    )
+    with pytest.raises(ValueError, match="bad character range"):
+        path_pattern_regex("[!z-a]")

@@ -6,7 +6,7 @@ import pytest
 
 from tether.cli.main import _INCOMING_KEYS, apply_incoming
 from tether.config import ConfigError, TetherConfig, validate_config
-from tether.local.incoming import PortSpec, PortSpecError, parse_port_spec
+from tether.local.proxies.incoming import PortSpec, PortSpecError, parse_port_spec
 
 
 def test_defaults_receive_nothing() -> None:

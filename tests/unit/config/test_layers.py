@@ -600,3 +600,16 @@ def test_schema_carries_variables_and_precedence() -> None:
     assert sorted(found) == sorted(s.name for s in env_settings())
     assert "x-env" not in schema["properties"]["agent"], "sections have no variable"
     json.dumps(schema)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['{"a": ' * 2000 + "1" + "}" * 2000, "[" * 600 + "]" * 600, '{"a": ' * 600 + "1" + "}" * 600],
+)
+def test_deeply_nested_json_in_a_variable_is_one_line_naming_it(tmp_path: Path, value: str) -> None:
+    # Found writing fuzz/config.py: json.loads (past 1000 levels) or copying the layer (past
+    # about 500) raised RecursionError instead of a ConfigError.
+    name = "TETHER_AGENT_LABELS" if value.startswith("{") else "TETHER_INCOMING_PORTS"
+    with pytest.raises(ConfigError) as info:
+        _resolve(tmp_path, {name: value})
+    assert str(info.value) == f"{name}: invalid JSON: nested more than 32 levels deep"
