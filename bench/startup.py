@@ -8,6 +8,7 @@ Run: .venv/bin/python -m bench.startup  (devcluster up first)
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -87,10 +88,17 @@ def tether_run(pod: str) -> float:
             sys.executable, "-m", "tether", "port-forward", "-q", "--target", f"pod/{pod}",
             "-n", NAMESPACE, "--agent-image", AGENT_IMAGE, "-L", f"{port}:127.0.0.1:{PORT}",
         ],
-        env={"KUBECONFIG": KUBECONFIG, "PATH": "/usr/bin:/bin"},
+        # Only what tether needs (and PYTHONPATH, to bench another checkout's tether).
+        env={
+            "KUBECONFIG": KUBECONFIG,
+            "PATH": "/usr/bin:/bin",
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
+        },
     )  # fmt: skip
     try:
         while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"tether port-forward exited with status {proc.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
                     if s.recv(3) == b"hi\n":

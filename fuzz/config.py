@@ -92,7 +92,7 @@ def fuzz_file(fdp: Any) -> None:
 
 def check_usable(config: TetherConfig) -> None:
     """What validation accepted works where it is used: the patterns compile (as
-    tether.local.rules compiles them), the agent takes the HTTP filter (as it is sent)."""
+    tether.local.policy.rules compiles them), the agent takes the HTTP filter (as it is sent)."""
     fs = config.fs
     for pattern in [*fs.local, *fs.read_only, *fs.read_write, *fs.not_found]:
         re.compile(path_pattern_regex(pattern, "/home/dev"))

@@ -7,7 +7,7 @@ warnings, and with -v every record (debug included) is a detail line; tracebacks
 
 import logging
 
-from tether.local.progress import Progress
+from tether.local.session.progress import Progress
 
 _ROOT = "tether"
 

@@ -30,15 +30,15 @@ from tether.config import (
     validate_config,
 )
 from tether.errors import UserError
-from tether.local.forward import (
+from tether.local.proxies.forward import (
     ForwardSpecError,
     bind_listeners,
     parse_local_forward,
     serve_forwards,
 )
-from tether.local.incoming import PortSpecError, parse_port_spec
-from tether.local.progress import Progress
-from tether.local.session import SessionError, open_session
+from tether.local.proxies.incoming import PortSpecError, parse_port_spec
+from tether.local.session.progress import Progress
+from tether.local.session.session import SessionError, open_session
 from tether.protocol.messages import GetEnv
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -356,7 +356,7 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
         return
 
     async def go() -> int:
-        from tether.local.incoming import IncomingClient
+        from tether.local.proxies.incoming import IncomingClient
 
         try:
             async with open_session(config, progress) as session:
@@ -405,7 +405,7 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
 def exec_(command: tuple[str, ...], **opts: Any) -> None:
     """Run COMMAND locally in the target's context: its env, files, network, DNS, and with
     --mirror/--steal the traffic that reaches the target's ports it listens on."""
-    from tether.local.execute import run_exec
+    from tether.local.exec.execute import run_exec
 
     try:
         config, progress = build_config(opts)

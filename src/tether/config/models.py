@@ -94,7 +94,7 @@ class EnvConfig(BaseModel):
     )
 
 
-# --- Pattern syntax, shared by the models (validation) and tether.local.rules (matching). ---
+# --- Pattern syntax, shared by the models (validation) and tether.local.policy.rules (matching). ---
 
 PATH_PATTERN_HELP = (
     "Path patterns are globs on absolute paths: `*` and `?` match within one path component "

@@ -2,5 +2,5 @@
 
 `seccomp` builds and installs a user-notification filter and wraps its listener fd, `memory`
 reads and writes the target's memory and takes its file descriptors, `launcher` forks the
-target under the filter. The policy (what to answer) lives in `tether.local.supervisor`.
+target under the filter. The policy (what to answer) lives in `tether.local.exec`.
 """

@@ -10,10 +10,10 @@ from tether.cli.main import run_async
 from tether.config.errors import ConfigError
 from tether.errors import UserError
 from tether.kube.errors import KubeError
-from tether.local.forward import ForwardSpecError
-from tether.local.incoming import PortSpecError
-from tether.local.progress import Progress
-from tether.local.session import SessionError
+from tether.local.proxies.forward import ForwardSpecError
+from tether.local.proxies.incoming import PortSpecError
+from tether.local.session.progress import Progress
+from tether.local.session.session import SessionError
 from tether.tunnel import RemoteOpError, TunnelClosedError
 
 

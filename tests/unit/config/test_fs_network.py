@@ -313,7 +313,7 @@ def test_schema_describes_the_new_sections() -> None:
 
 def test_a_glob_class_that_is_no_regex_class_is_refused() -> None:
     # Found by fuzz/config.py: `[x-d]` (a reversed range) passed validation, then made
-    # tether.local.rules fail with re.error when it compiled the patterns.
+    # tether.local.policy.rules fail with re.error when it compiled the patterns.
     with pytest.raises(ConfigError) as info:
         validate_config({"fs": {"local": ["/src/[x-d]*"]}}, "tether.toml")
     assert str(info.value) == (

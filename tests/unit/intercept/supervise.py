@@ -1,5 +1,8 @@
 """A minimal synchronous supervisor for the intercept tests, and a stand-in proxy.
 
+Arguments are decoded with tether's own decoder (`tether.local.exec.syscalls`), so these
+tests and the real supervisor read each call the same way.
+
 It poll()s the listener and the child's stdout, dispatches notifications to handlers (CONTINUE
 for syscalls without one), and stops when the child has exited. Whenever connect is trapped,
 connections to anything but loopback, a Unix socket or REMOTE (which is redirected or refused)
@@ -21,25 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tether.intercept.launcher import Launch
-from tether.intercept.memory import (
-    dup_from,
-    pack_sockaddr,
-    parse_sockaddr,
-    read_bytes,
-    write_bytes,
-)
+from tether.intercept.memory import dup_from, pack_sockaddr, read_bytes, write_bytes
 from tether.intercept.seccomp import Listener, Notification, Syscall
+from tether.local.exec.syscalls import Connect, ProcessMemory, SocketName, decode
 
 REMOTE = ("198.51.100.7", 80)  # TEST-NET-2: never routed; the supervisor redirects it
 Handler = Callable[[Notification], None]
-
-
-def i32(value: int) -> int:
-    """A syscall argument as the C int it is (fds, lengths)."""
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
+C = TypeVar("C")
 
 
 def kill_and_reap(pid: int) -> None:
@@ -57,15 +51,21 @@ class Result:
     notifications: list[Notification]
 
 
-def guard_connect(listener: Listener, notif: Notification) -> bool:
+def decoded(notif: Notification, kind: type[C]) -> C:
+    """The `kind` of call `notif` is, as tether's supervisor decodes it."""
+    call = decode(notif, ProcessMemory(notif.pid))
+    assert isinstance(call, kind), call
+    return call
+
+
+def guard_connect(listener: Listener, notif: Notification, call: Connect) -> bool:
     """Answer a connect that must stay on the machine; False if it is one to redirect.
 
     Unix and loopback connects run; any other destination but REMOTE fails with ENETUNREACH.
     """
-    length = i32(notif.args[2])
-    addr = parse_sockaddr(read_bytes(notif.pid, notif.args[1], min(max(length, 0), 128)))
-    if addr is None or len(addr) != 3:  # AF_UNIX (nscd, ...) and unknown families
-        if addr is None and length >= 2:
+    addr = call.ip
+    if addr is None:  # AF_UNIX (nscd, ...) and unknown families
+        if call.address is None and call.length >= 2:
             listener.respond_error(notif.id, errno.EAFNOSUPPORT)
         else:
             listener.respond_continue(notif.id)
@@ -92,7 +92,8 @@ class MiniSupervisor:
         listener = self.launch.listener
 
         def refuse(notif: Notification) -> None:
-            if not guard_connect(listener, notif):
+            call = decoded(notif, Connect)
+            if not guard_connect(listener, notif, call):
                 listener.respond_error(notif.id, errno.ENETUNREACH)
 
         self.handlers.setdefault(Syscall.connect, refuse)
@@ -197,9 +198,10 @@ class Redirector:
 
     def connect(self, notif: Notification) -> None:
         listener = self.launch.listener
-        if guard_connect(listener, notif):
+        call = decoded(notif, Connect)
+        if guard_connect(listener, notif, call):
             return
-        dup = dup_from(notif.pid, i32(notif.args[0]))
+        dup = dup_from(notif.pid, call.fd)
         # The dup shares the target's open file description: never change its flags.
         nonblocking = bool(fcntl.fcntl(dup, fcntl.F_GETFL) & os.O_NONBLOCK)
         with socket.socket(fileno=dup) as sock:
@@ -218,17 +220,17 @@ class Redirector:
 
     def getpeername(self, notif: Notification) -> None:
         listener = self.launch.listener
-        dup = dup_from(notif.pid, i32(notif.args[0]))
-        with socket.socket(fileno=dup) as sock:
+        call = decoded(notif, SocketName)
+        with socket.socket(fileno=dup_from(notif.pid, call.fd)) as sock:
             local = sock.getsockname()
         original = self.original.get((local[0], local[1]))
         if original is None:
             listener.respond_continue(notif.id)
             return
         data = pack_sockaddr(socket.AF_INET, *original)
-        (room,) = struct.unpack("=I", read_bytes(notif.pid, notif.args[2], 4))
+        (room,) = struct.unpack("=I", read_bytes(notif.pid, call.addrlen, 4))
         if listener.id_valid(notif.id):
             # Like the kernel: truncate to the caller's buffer, report the full length.
-            write_bytes(notif.pid, notif.args[1], data[:room])
-            write_bytes(notif.pid, notif.args[2], struct.pack("=I", len(data)))
+            write_bytes(notif.pid, call.addr, data[:room])
+            write_bytes(notif.pid, call.addrlen, struct.pack("=I", len(data)))
             listener.respond_value(notif.id, 0)

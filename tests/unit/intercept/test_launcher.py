@@ -26,7 +26,7 @@ from tests.unit.intercept.supervise import (
     Handler,
     MiniSupervisor,
     Redirector,
-    i32,
+    decoded,
     kill_and_reap,
     running_proxy,
 )
@@ -40,8 +40,8 @@ from tether.intercept.launcher import (
     spawn,
     wait_status_to_exit_code,
 )
-from tether.intercept.memory import read_cstring
 from tether.intercept.seccomp import Listener, Notification, Syscall
+from tether.local.exec.syscalls import Open
 
 PY = sys.executable
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
@@ -74,14 +74,15 @@ def serve_memfd(launch: Launch, path: bytes, content: bytes) -> dict[int, Handle
 
     def openat(notif: Notification) -> None:
         listener = launch.listener
-        if read_cstring(notif.pid, notif.args[1]) != path:
+        call = decoded(notif, Open)
+        if call.path.encode(errors="surrogateescape") != path:
             listener.respond_continue(notif.id)
             return
         memfd = os.memfd_create("tether-test", os.MFD_CLOEXEC)
         try:
             os.write(memfd, content)
             os.lseek(memfd, 0, os.SEEK_SET)
-            cloexec = bool(i32(notif.args[2]) & os.O_CLOEXEC)
+            cloexec = bool(call.flags & os.O_CLOEXEC)
             assert listener.add_fd(notif.id, memfd, cloexec=cloexec) is not None
         finally:
             os.close(memfd)

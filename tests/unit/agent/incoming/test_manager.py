@@ -39,8 +39,8 @@ from tether.agent.netns import NetnsExecutor
 from tether.agent.server import Agent
 from tether.agent.target import Target
 from tether.config.models import HttpFilterConfig, IncomingConfig
-from tether.local.incoming import IncomingClient, IncomingError
-from tether.local.progress import Progress
+from tether.local.proxies.incoming import IncomingClient, IncomingError
+from tether.local.session.progress import Progress
 from tether.protocol import Connection, Role
 from tether.protocol.messages import SessionLeave
 from tether.tunnel import (

@@ -26,9 +26,9 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from tether.local.names import NameCache
-from tether.local.progress import Progress
-from tether.local.rules import DnsRules, Side
+from tether.local.policy.names import NameCache
+from tether.local.policy.rules import DnsRules, Side
+from tether.local.session.progress import Progress
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 _LEN = struct.Struct("!H")

@@ -7,10 +7,14 @@ from pathlib import PurePosixPath
 from tether.protocol.messages import (
     FsAccess,
     FsClose,
+    FsListdir,
+    FsMkdir,
     FsOpen,
     FsRead,
     FsReadlink,
+    FsRmdir,
     FsStat,
+    FsUnlink,
     FsWrite,
 )
 from tether.tunnel import Tunnel
@@ -20,7 +24,7 @@ CHUNK = 192 * 1024
 
 
 class RemoteFiles:
-    """File operations on the target's filesystem for the supervisor."""
+    """File operations on the target's filesystem for the supervisor (every one it makes)."""
 
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
@@ -70,6 +74,22 @@ class RemoteFiles:
     async def readlink(self, path: str) -> str:
         """A remote symlink's target."""
         return (await self.tunnel.call(FsReadlink(path))).target
+
+    async def listdir(self, path: str) -> list[tuple[str, int, int]]:
+        """A remote directory's entries: (name, d_type, inode) each."""
+        return (await self.tunnel.call(FsListdir(path))).entries
+
+    async def mkdir(self, path: str, mode: int) -> None:
+        """mkdir(2) on the pod."""
+        await self.tunnel.call(FsMkdir(path, mode))
+
+    async def rmdir(self, path: str) -> None:
+        """rmdir(2) on the pod."""
+        await self.tunnel.call(FsRmdir(path))
+
+    async def unlink(self, path: str) -> None:
+        """unlink(2) on the pod."""
+        await self.tunnel.call(FsUnlink(path))
 
     async def write_back(self, path: str, fd: int) -> None:
         """Replace the remote file's content with our fd's (write mode's close)."""

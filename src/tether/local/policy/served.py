@@ -3,7 +3,7 @@
 proxy) and an nsswitch.conf that sends host lookups to it rather than to systemd-resolved,
 nscd or mDNS; and which nameservers a resolv.conf names."""
 
-from tether.local.names import normalize_address
+from tether.local.policy.names import normalize_address
 
 
 def resolv_conf_for_process(remote: str) -> str:
@@ -32,7 +32,7 @@ def nsswitch_for_process(local: str) -> str:
 
 def nameservers_in(resolv_conf: str) -> tuple[str, ...]:
     """The `nameserver` addresses of a resolv.conf, in order, once each, in the spelling the
-    supervisor sees in a connect() (see `tether.local.names.normalize_address`)."""
+    supervisor sees in a connect() (see `tether.local.policy.names.normalize_address`)."""
     found: dict[str, None] = {}
     for line in resolv_conf.splitlines():
         words = line.split("#", 1)[0].split(";", 1)[0].split()

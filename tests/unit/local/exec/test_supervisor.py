@@ -23,17 +23,13 @@ from tests.unit.intercept.supervise import REMOTE, kill_and_reap
 from tether.config.models import FsConfig, NetworkConfig
 from tether.intercept.launcher import spawn
 from tether.intercept.seccomp import Syscall
-from tether.local.outgoing import OutgoingProxy, UdpProxy
-from tether.local.progress import Progress
-from tether.local.rules import FileAction, FileRules, NetRules
-from tether.local.supervisor import (
-    ALLOW_IF,
-    TRAPPED,
-    WRITE_TRAPPED,
-    Supervisor,
-    failure_answer,
-    view_source,
-)
+from tether.local.exec.dispatcher import failure_answer
+from tether.local.exec.supervisor import Supervisor
+from tether.local.exec.syscalls import ALLOW_IF, TRAPPED, WRITE_TRAPPED
+from tether.local.exec.views import view_source
+from tether.local.policy.rules import FileAction, FileRules, NetRules
+from tether.local.proxies.outgoing import OutgoingProxy, UdpProxy
+from tether.local.session.progress import Progress
 from tether.tunnel import Tunnel
 
 TIMEOUT = 10.0

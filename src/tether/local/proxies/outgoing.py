@@ -12,7 +12,7 @@ import socket
 import time
 from typing import Any
 
-from tether.local.progress import Progress
+from tether.local.session.progress import Progress
 from tether.tunnel import TunnelStream
 from tether.tunnel.datagrams import Deframer, frame
 from tether.tunnel.stream import StreamResetError

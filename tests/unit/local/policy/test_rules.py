@@ -1,11 +1,12 @@
-"""tether.local.rules: which side serves each file, connection and DNS name (table-driven)."""
+"""tether.local.policy.rules: which side serves each file, connection and DNS name
+(table-driven)."""
 
 from typing import Final, Literal
 
 import pytest
 
 from tether.config.models import DnsConfig, FsConfig, NetworkConfig, OutgoingConfig
-from tether.local.rules import (
+from tether.local.policy.rules import (
     ALWAYS_REMOTE_FILES,
     LOCAL_FILES,
     LOCAL_TREES,

@@ -1,5 +1,5 @@
-"""tether.local.dns_proxy.DnsProxy.answer: which side answers each query, and what the name
-cache learns from the answer. The pod's nameserver is a fake tunnel; a local nameserver is a
+"""tether.local.proxies.dns_proxy.DnsProxy.answer: which side answers each query, and what the
+name cache learns from the answer. The pod's nameserver is a fake tunnel; a local nameserver is a
 responder on 127.0.0.1 run by the test."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import dns.rrset
 import pytest
 
 from tether.config.models import DnsConfig, NetworkConfig, OutgoingConfig
-from tether.local.dns_proxy import DnsProxy
-from tether.local.names import NameCache
-from tether.local.progress import Progress
-from tether.local.rules import DnsRules
+from tether.local.policy.names import NameCache
+from tether.local.policy.rules import DnsRules
+from tether.local.proxies.dns_proxy import DnsProxy
+from tether.local.session.progress import Progress
 from tether.tunnel import Tunnel, TunnelClosedError
 
 POD_NS = ("198.19.0.10", 53)

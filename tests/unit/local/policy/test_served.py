@@ -1,9 +1,9 @@
-"""tether.local.served: the resolv.conf and nsswitch.conf tether serves, and the nameservers a
-resolv.conf names (table-driven)."""
+"""tether.local.policy.served: the resolv.conf and nsswitch.conf tether serves, and the
+nameservers a resolv.conf names (table-driven)."""
 
 import pytest
 
-from tether.local.served import nameservers_in, nsswitch_for_process, resolv_conf_for_process
+from tether.local.policy.served import nameservers_in, nsswitch_for_process, resolv_conf_for_process
 
 
 @pytest.mark.parametrize(

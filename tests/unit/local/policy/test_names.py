@@ -1,5 +1,5 @@
-"""tether.local.names: the names behind each address, from DNS replies (table-driven, with a
-fake clock)."""
+"""tether.local.policy.names: the names behind each address, from DNS replies (table-driven,
+with a fake clock)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dns.message
 import dns.rrset
 import pytest
 
-from tether.local.names import NameCache, Resolved, normalize_address, resolved_in
+from tether.local.policy.names import NameCache, Resolved, normalize_address, resolved_in
 
 
 class Clock:

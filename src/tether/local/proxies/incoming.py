@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from tether.config.models import IncomingConfig
 from tether.errors import UserError
-from tether.local.progress import Progress
+from tether.local.session.progress import Progress
 from tether.protocol import RemoteError
 from tether.protocol.messages import (
     Done,

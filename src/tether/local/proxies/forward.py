@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tether.errors import UserError
-from tether.local.progress import Progress
+from tether.local.session.progress import Progress
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 

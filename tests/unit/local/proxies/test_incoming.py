@@ -1,5 +1,6 @@
-"""Tests for tether.local.incoming.IncomingClient against a fake agent over a real tunnel: what
-`incoming.subscribe` carries, refusals and warnings, and delivery of agent-opened streams."""
+"""Tests for tether.local.proxies.incoming.IncomingClient against a fake agent over a real
+tunnel: what `incoming.subscribe` carries, refusals and warnings, and delivery of
+agent-opened streams."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 from tests.unit.agent.incoming.http_peers import closed_port
 from tests.unit.tunnel.test_tunnel import _pair
 from tether.config.models import HttpFilterConfig, IncomingConfig
-from tether.local.incoming import IncomingClient, IncomingError
-from tether.local.progress import Progress
+from tether.local.proxies.incoming import IncomingClient, IncomingError
+from tether.local.session.progress import Progress
 from tether.protocol import RemoteError
 from tether.tunnel import RemoteOpError, Tunnel
 

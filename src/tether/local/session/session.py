@@ -25,7 +25,7 @@ from tether.kube.client import KubeClient, connect
 from tether.kube.errors import KubeError
 from tether.kube.portforward import open_portforward
 from tether.kube.targets import ResolvedTarget, ensure_namespace, parse_target, resolve_target
-from tether.local.progress import Progress
+from tether.local.session.progress import Progress
 from tether.protocol import Connection, Role
 from tether.protocol.messages import SessionLeave, SessionTarget
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError

@@ -18,17 +18,18 @@ from pathlib import Path
 from tether.config import TetherConfig
 from tether.intercept.launcher import forward_signals, spawn, wait_status_to_exit_code
 from tether.intercept.seccomp import Syscall, require_kernel
-from tether.local.dns_proxy import DnsProxy
-from tether.local.environment import compose_env
-from tether.local.incoming import IncomingClient
-from tether.local.names import NameCache
-from tether.local.outgoing import OutgoingProxy, UdpProxy
-from tether.local.progress import Progress
-from tether.local.remote_fs import RemoteFiles
-from tether.local.rules import DnsRules, FileRules, NetRules, PathKind, program_dirs
-from tether.local.served import nameservers_in, nsswitch_for_process, resolv_conf_for_process
-from tether.local.session import open_session
-from tether.local.supervisor import ALLOW_IF, TRAPPED, WRITE_TRAPPED, Supervisor
+from tether.local.exec.remote_fs import RemoteFiles
+from tether.local.exec.supervisor import Supervisor
+from tether.local.exec.syscalls import ALLOW_IF, TRAPPED, WRITE_TRAPPED
+from tether.local.policy.environment import compose_env
+from tether.local.policy.names import NameCache
+from tether.local.policy.rules import DnsRules, FileRules, NetRules, PathKind, program_dirs
+from tether.local.policy.served import nameservers_in, nsswitch_for_process, resolv_conf_for_process
+from tether.local.proxies.dns_proxy import DnsProxy
+from tether.local.proxies.incoming import IncomingClient
+from tether.local.proxies.outgoing import OutgoingProxy, UdpProxy
+from tether.local.session.progress import Progress
+from tether.local.session.session import open_session
 from tether.protocol.messages import GetEnv, GetHostname
 from tether.tunnel import RemoteOpError, Tunnel
 

@@ -1,0 +1,1 @@
+"""A session with an agent (target, Job, tunnel) and the progress lines printed meanwhile."""
