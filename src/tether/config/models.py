@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tether.protocol.launch import DEFAULT_IDLE_TIMEOUT, DEFAULT_PORT
+from tether.protocol.messages import IncomingSubscribe
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/tether-dev/tether-agent:0.1.0"
 DEFAULT_AGENT_PORT = DEFAULT_PORT
@@ -94,7 +95,7 @@ class EnvConfig(BaseModel):
     )
 
 
-# --- Pattern syntax, shared by the models (validation) and tether.local.policy.rules (matching). ---
+# --- Pattern syntax, shared by the models (validation) and local.policy.rules (matching). ---
 
 PATH_PATTERN_HELP = (
     "Path patterns are globs on absolute paths: `*` and `?` match within one path component "
@@ -529,6 +530,24 @@ class IncomingConfig(BaseModel):
         if self.http_filter is not None and self.http_filter.is_empty():
             raise ValueError("http_filter needs header, path or methods")
         return self
+
+    def subscription(
+        self, port: int, who: str, mode: Literal["mirror", "steal"] | None = None
+    ) -> IncomingSubscribe:
+        """The one message that asks the agent for `port`'s traffic as this config says
+        (`mode` overrides the config's; "off" asks for a mirror). The filter goes with a
+        steal only, and `steal_probes` travels once, beside it."""
+        chosen = mode or ("steal" if self.mode == "steal" else "mirror")
+        wire = self.http_filter.to_wire() if chosen == "steal" and self.http_filter else None
+        return IncomingSubscribe(
+            port=port,
+            mode=chosen,
+            filter=wire,
+            steal_probes=self.steal_probes,
+            override=self.override,
+            reset=self.reset_connections,
+            who=who,
+        )
 
     def local_port(self, remote: int) -> int:
         """Where traffic for `remote` is delivered on this machine."""

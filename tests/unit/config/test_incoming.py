@@ -1,11 +1,13 @@
 """The incoming section of the config and the command-line flags that fill it."""
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from tether.cli.main import _INCOMING_KEYS, apply_incoming
 from tether.config import ConfigError, TetherConfig, validate_config
+from tether.config.models import IncomingConfig
 from tether.local.proxies.incoming import PortSpec, PortSpecError, parse_port_spec
 
 
@@ -121,3 +123,40 @@ def test_port_specs(text: str, spec: PortSpec) -> None:
 def test_bad_port_specs(text: str) -> None:
     with pytest.raises(PortSpecError, match="REMOTE_PORT"):
         parse_port_spec(text)
+
+
+@pytest.mark.parametrize(
+    ("config", "mode", "expected"),
+    [
+        (IncomingConfig(), None, ("mirror", None)),
+        (IncomingConfig(mode="mirror"), None, ("mirror", None)),
+        (IncomingConfig(mode="steal"), None, ("steal", None)),
+        (
+            IncomingConfig.model_validate(
+                {"mode": "steal", "http_filter": {"header": ["^x-dev: a$"]}}
+            ),
+            None,
+            ("steal", {"headers": ["^x-dev: a$"], "path": None, "methods": [], "mode": "all"}),
+        ),
+        # A filter is for steals: asked to mirror, the same config sends none.
+        (
+            IncomingConfig.model_validate({"mode": "steal", "http_filter": {"path": "^/api"}}),
+            "mirror",
+            ("mirror", None),
+        ),
+    ],
+)
+def test_the_subscription_message_is_decided_here(
+    config: IncomingConfig, mode: Literal["mirror", "steal"] | None, expected: tuple[str, object]
+) -> None:
+    request = config.subscription(8080, "alice@host (pid 1)", mode)
+    assert (request.mode, request.filter) == expected
+    assert request.port == 8080 and request.who == "alice@host (pid 1)"
+    # steal_probes travels once, beside the filter, never inside it.
+    assert request.filter is None or "steal_probes" not in request.filter
+
+
+def test_subscription_carries_the_flags() -> None:
+    config = IncomingConfig(mode="steal", steal_probes=True, override=True, reset_connections=False)
+    request = config.subscription(80, "bob")
+    assert (request.steal_probes, request.override, request.reset) == (True, True, False)

@@ -16,7 +16,6 @@ from tether.protocol import RemoteError
 from tether.protocol.messages import (
     Done,
     IncomingLost,
-    IncomingSubscribe,
     MessageError,
     decode_request,
     encode_answer,
@@ -56,12 +55,6 @@ def parse_port_spec(text: str) -> PortSpec:
     return PortSpec(numbers[0], numbers[-1])
 
 
-def _filter_wire(config: IncomingConfig) -> dict[str, Any] | None:
-    if config.mode != "steal" or config.http_filter is None:
-        return None
-    return {**config.http_filter.to_wire(), "steal_probes": config.steal_probes}
-
-
 class IncomingClient:
     """Subscriptions of one session, and delivery of their connections to local ports."""
 
@@ -91,15 +84,7 @@ class IncomingClient:
         target_port = local if local is not None else self.config.local_port(remote)
         previous = self.ports.get(remote)
         self.ports[remote] = target_port
-        request = IncomingSubscribe(
-            port=remote,
-            mode=chosen,
-            filter=_filter_wire(self.config) if chosen == "steal" else None,
-            steal_probes=self.config.steal_probes,
-            override=self.config.override,
-            reset=self.config.reset_connections,
-            who=self.who,
-        )
+        request = self.config.subscription(remote, self.who, chosen)
         try:
             answer = await self.tunnel.call(request)
         except RemoteOpError as exc:

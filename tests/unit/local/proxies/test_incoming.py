@@ -83,7 +83,6 @@ async def test_subscribe_sends_the_config_and_prints_warnings(setup: Setup) -> N
                 "path": None,
                 "methods": [],
                 "mode": "all",
-                "steal_probes": True,
             },
             "steal_probes": True,
             "override": True,
