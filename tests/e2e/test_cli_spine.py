@@ -259,6 +259,41 @@ def test_a_session_works_with_exactly_the_readme_role(scratch_ns: str, tmp_path:
     assert wait_no_agent_objects(scratch_ns) == (0, 0)
 
 
+def _cluster_objects(namespace: str) -> list[str]:
+    out = kubectl("-n", namespace, "get", "all,secrets,events", "-o", "name")
+    return sorted(line for line in out.splitlines() if not line.startswith("event"))
+
+
+def test_doctor_passes_with_the_readme_role_and_names_a_missing_verb(
+    scratch_ns: str, tmp_path: Path
+) -> None:
+    _app_deployment(scratch_ns)
+    full = tmp_path / "role.kubeconfig"
+    _kubeconfig_for_role(scratch_ns, README_ROLE["rules"], full)
+    target = ["-t", "deployment/app", "-n", scratch_ns, *AGENT]
+    before = _cluster_objects(scratch_ns)
+    proc = tether("doctor", *target, "--kubeconfig", str(full), "-o", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["session_would_start"] is True
+    areas = {c["area"] for c in found["checks"]}
+    assert {"machine", "cluster", "rbac", "target", "agent"} <= areas
+    assert all(c["status"] != "failing" for c in found["checks"])
+    # It creates nothing.
+    assert _cluster_objects(scratch_ns) == before
+
+    rules = [dict(rule) for rule in README_ROLE["rules"]]
+    for rule in rules:
+        if rule["resources"] == ["jobs"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "delete"]
+    less = tmp_path / "less.kubeconfig"
+    _kubeconfig_for_role(scratch_ns, rules, less)
+    proc = tether("doctor", *target, "--kubeconfig", str(less))
+    assert proc.returncode == 1, proc.stdout
+    assert f"FAIL rbac: namespace {scratch_ns}: cannot delete jobs.batch" in proc.stdout
+    assert "a session would fail" in proc.stdout
+
+
 def test_without_a_verb_of_the_role_the_error_names_it(scratch_ns: str, tmp_path: Path) -> None:
     _app_deployment(scratch_ns)
     rules = [dict(rule) for rule in README_ROLE["rules"]]

@@ -448,6 +448,41 @@ def ls(namespace: str | None, context: str | None, kubeconfig: str | None, outpu
 
 
 @main.command()
+@target_options
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def doctor(output: str, **opts: Any) -> None:
+    """Check what a session needs (this machine, the API server, RBAC, the target, the agent
+    image) without creating anything; exit 0 only when a session would start."""
+    from tether.doctor.cluster import cluster_checks
+    from tether.doctor.machine import machine_checks
+    from tether.doctor.report import Check, report
+    from tether.intercept.seccomp import probe_features
+    from tether.kube.client import connect
+
+    try:
+        config, _ = build_config(opts)
+    except (ConfigError, PortSpecError) as exc:
+        _fail(str(exc))
+        return
+
+    async def go() -> int:
+        checks = machine_checks(probe_features())
+        try:
+            kube = await connect(config.kubeconfig, config.context)
+        except UserError as exc:
+            checks.append(Check("cluster", "kubeconfig", "failing", str(exc), "fix the kubeconfig"))
+        else:
+            async with kube:
+                namespace = config.namespace or kube.default_namespace
+                checks += await cluster_checks(kube, namespace, config.target, config.agent)
+        found = report(checks)
+        click.echo(found.to_json() if output == "json" else found.to_text(), nl=False)
+        return 0 if found.session_would_start else 1
+
+    sys.exit(run_async(go()))
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON Schema of tether.toml / tether.yaml / tether.json (and of the user file),
     with each setting's TETHER_* variable as `x-env` and the precedence in its description."""

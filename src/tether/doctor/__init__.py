@@ -1,0 +1,1 @@
+"""`tether doctor`: everything a session needs, checked without creating anything."""
