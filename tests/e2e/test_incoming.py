@@ -307,6 +307,39 @@ def test_header_filter_routes_each_request_over_keep_alive() -> None:
         assert app.seen("/f/") == 5
 
 
+def test_an_agent_in_a_namespace_of_its_own_serves_the_target(tmp_path: Path) -> None:
+    # agent.namespace: an admin's namespace where privileged pods are allowed, while the
+    # target stays in its own; the hostPID agent reaches it on its node.
+    agents = f"tether-e2e-agents-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", agents)
+    try:
+        (tmp_path / "tether.toml").write_text(f'[agent]\nnamespace = "{agents}"\n')
+        env = tether("env", *FRONTEND, cwd=str(tmp_path))
+        assert env.returncode == 0, env.stderr
+        assert "SHOP_MODE=staging" in env.stdout.splitlines()
+        pod = frontend_pod()
+        with (
+            LocalApp("alice") as app,
+            running(
+                "port-forward", *FRONTEND, "-R", f"8080:{app.port}",
+                "--http-header-filter", "^x-dev: alice$", cwd=str(tmp_path),
+            ),
+        ):  # fmt: skip
+            assert agent_objects(agents) == (1, 1)
+            assert agent_objects("shop") == (0, 0)
+            conn = http.client.HTTPConnection(frontend_ip(), 80, timeout=10)
+            try:
+                mine = request(conn, "/ns/a", {"X-Dev": "alice"})
+                theirs = request(conn, "/ns/b")
+            finally:
+                conn.close()
+            assert mine == {"service": "local", "name": "alice"}
+            assert theirs["service"] == "frontend" and theirs["pod"] == pod
+        assert wait_no_agent_objects(agents) == (0, 0)
+    finally:
+        kubectl("delete", "namespace", agents, "--ignore-not-found", "--wait=false")
+
+
 def test_two_filtered_sessions_share_the_target_and_an_unfiltered_steal_is_refused() -> None:
     pod = frontend_pod()
     with (
