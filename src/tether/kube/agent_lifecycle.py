@@ -78,7 +78,9 @@ async def start_agent_job(kc: KubeClient, manifest: dict[str, Any], secret: str)
     op = Operation("create", "jobs.batch", namespace, name)
     uid: str | None = None
     try:
-        job = await kc.call(kc.batch.create_namespaced_job(namespace, manifest), op)
+        job, _, headers = await kc.call(
+            kc.batch.create_namespaced_job_with_http_info(namespace, manifest), op
+        )
         uid = str(job.metadata.uid)
         await kc.call(
             kc.core.patch_namespaced_secret(
@@ -99,7 +101,30 @@ async def start_agent_job(kc: KubeClient, manifest: dict[str, Any], secret: str)
         job_name=name,
         session_id=str(meta["labels"][SESSION_LABEL]),
         uid=uid,
+        warnings=tuple(admission_warnings(_all(headers, "Warning"))),
     )
+
+
+def _all(headers: Any, name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return [str(v) for v in getall(name, [])]
+    value = headers.get(name) if hasattr(headers, "get") else None
+    return [str(value)] if value else []
+
+
+def admission_warnings(values: list[str]) -> list[str]:
+    """The texts of `Warning:` response headers (RFC 7234: `299 - "text"`), one per
+    warning, unquoted; anything else as it came."""
+    texts = []
+    for value in values:
+        code, _, rest = value.partition(" ")
+        agent, _, quoted = rest.partition(" ")
+        if code.isdigit() and agent and quoted.startswith('"') and quoted.endswith('"'):
+            texts.append(quoted[1:-1].replace('\\"', '"'))
+        else:
+            texts.append(value)
+    return texts
 
 
 async def _delete_job(kc: KubeClient, namespace: str, name: str) -> None:

@@ -45,6 +45,9 @@ class AgentHandle:
     job_name: str
     session_id: str
     uid: str
+    warnings: tuple[str, ...] = ()
+    """What the API server warned about when the Job was created (Pod Security's `warn`
+    level, deprecations): a refused agent pod often shows here first."""
 
 
 def job_name(session_id: str) -> str:

@@ -306,7 +306,24 @@ async def _check_job(kc: KubeClient, handle: AgentHandle) -> None:
         if event.reason == "FailedCreate":
             raise AgentFailedError(
                 f'agent Job "{handle.job_name}" cannot create its pod: {event.message}'
+                f"{failed_create_hint(str(event.message or ''))}"
             )
+
+
+# How admission refusals of a pod read (Pod Security Admission, PodSecurityPolicy, webhooks).
+_ADMISSION_MARKERS = ("violates PodSecurity", "pod security policy", "admission webhook")
+
+
+def failed_create_hint(message: str) -> str:
+    """What to do about a FailedCreate, as a suffix of the error line (pure)."""
+    if any(marker.lower() in message.lower() for marker in _ADMISSION_MARKERS):
+        return (
+            " (the namespace refuses privileged pods: set agent.namespace to a namespace where"
+            " they are allowed; tether doctor checks a setup)"
+        )
+    if "exceeded quota" in message:
+        return " (a ResourceQuota refuses it: free room in the namespace or set agent.namespace)"
+    return ""
 
 
 async def _read_log(kc: KubeClient, pod: PodView, tail: int | None = None) -> str | None:

@@ -249,3 +249,21 @@ def test_job_secret_name(env: list[SimpleNamespace], name: str | None) -> None:
 )
 def test_secret_value(data: dict[str, str] | None, value: str | None) -> None:
     assert secret_value(SimpleNamespace(data=data)) == value
+
+
+@pytest.mark.parametrize(
+    ("headers", "texts"),
+    [
+        (
+            ['299 - "would violate PodSecurity \\"baseline:latest\\": host namespaces"'],
+            ['would violate PodSecurity "baseline:latest": host namespaces'],
+        ),
+        (['299 - "a"', '299 - "b"'], ["a", "b"]),
+        (["not the RFC form"], ["not the RFC form"]),
+        ([], []),
+    ],
+)
+def test_admission_warnings(headers: list[str], texts: list[str]) -> None:
+    from tether.kube.agent_lifecycle import admission_warnings
+
+    assert admission_warnings(headers) == texts

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tether.kube.agent_ready import Assessment, assess
+from tether.kube.agent_ready import Assessment, assess, failed_create_hint
 from tether.kube.objects import ContainerState, PodView
 
 
@@ -81,3 +81,25 @@ def test_an_image_the_node_cannot_get_names_the_image_and_the_fix(reason: str) -
     assert 'agent image "img:1" is not available on node "n1"' in verdict.image_error
     assert reason in verdict.image_error and "agent.image" in verdict.image_error
     assert not verdict.running and not verdict.exited
+
+
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        (
+            'pods "tether-agent-x-abc" is forbidden: violates PodSecurity "baseline:latest":'
+            " host namespaces (hostPID=true)",
+            "set agent.namespace",
+        ),
+        (
+            'pods "tether-agent-x-abc" is forbidden: unable to validate against any pod security'
+            " policy: []",
+            "set agent.namespace",
+        ),
+        ('pods "x" is forbidden: exceeded quota: compute, requested: pods=1', "ResourceQuota"),
+        ("something else", ""),
+    ],
+)
+def test_a_refused_agent_pod_says_what_to_do(message: str, needle: str) -> None:
+    hint = failed_create_hint(message)
+    assert (needle in hint) if needle else hint == ""

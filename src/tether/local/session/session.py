@@ -146,6 +146,8 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
             handle = acquired.handle
             verb = "created" if acquired.created else "joined"
             progress.detail(f"{verb} job {handle.namespace}/{handle.job_name}")
+            for warning in handle.warnings:
+                progress.warn(f"the API server warns about the agent Job: {warning}")
             tunnel: Tunnel | None = None
             try:
                 try:
