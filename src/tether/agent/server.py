@@ -34,10 +34,21 @@ HANDSHAKE_TIMEOUT = 5.0
 class Agent:
     """Serves every session of one target until idle for `idle_timeout` seconds."""
 
-    def __init__(self, target: Target, secret: bytes, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        target: Target,
+        secret: bytes,
+        idle_timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tick: float = 1.0,
+    ) -> None:
         self.target = target
         self.secret = secret
         self.idle_timeout = idle_timeout
+        # Injected so that tests drive idle time instead of waiting it out.
+        self._clock = clock
+        self._tick = tick
         self.executor = NetnsExecutor(target.netns_path)
         self.resolver = PodResolver(target.root, self.executor)
         self.incoming = (
@@ -51,7 +62,7 @@ class Agent:
         # Set when the last session said goodbye: no new session may join an agent that is
         # about to exit (it would lose it); the joiner starts a new agent instead.
         self._exiting = False
-        self._idle_since = time.monotonic()
+        self._idle_since = clock()
         self._stop = asyncio.Event()
         self._why = "agent exiting"
 
@@ -75,14 +86,10 @@ class Agent:
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 1.0)
-                if self.sessions:
-                    continue
-                if self._exiting:
-                    log.info("the last session left: exiting")
-                    break
-                if time.monotonic() - self._idle_since >= self.idle_timeout:
-                    log.info("no client for %.0f s: exiting", self.idle_timeout)
+                    await asyncio.wait_for(self._stop.wait(), self._tick)
+                reason = self.exit_reason()
+                if reason is not None:
+                    log.info("%s: exiting", reason)
                     break
         finally:
             unwatch()
@@ -92,6 +99,17 @@ class Agent:
             if self.incoming is not None:
                 await self.incoming.close()
             self.executor.shutdown()
+
+    def exit_reason(self) -> str | None:
+        """Why the agent should exit now (the last session said goodbye, or nobody came for
+        `idle_timeout` seconds), or None while it has a session or time left."""
+        if self.sessions:
+            return None
+        if self._exiting:
+            return "the last session left"
+        if self._clock() - self._idle_since >= self.idle_timeout:
+            return f"no client for {self.idle_timeout:.0f} s"
+        return None
 
     def _watch_target(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         """End every session when the target process exits (its pod was deleted or its
@@ -164,7 +182,7 @@ class Agent:
             self.sessions.discard(tunnel)
             self._leaving.discard(tunnel)
             if not self.sessions:
-                self._idle_since = time.monotonic()
+                self._idle_since = self._clock()
 
     async def _stream(self, stream: TunnelStream) -> None:
         if stream.kind not in ("tcp", "udp"):

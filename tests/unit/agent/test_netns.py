@@ -14,7 +14,7 @@ import select
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,24 +179,36 @@ async def test_a_cancelled_connect_does_not_leak_its_socket(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     made: list[socket.socket] = []
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
 
     def slow_connect(host_ip: str, port: int, timeout: float, mark: int | None) -> socket.socket:
-        time.sleep(0.2)  # still connecting when the caller gives up
+        started.set()
+        release.wait(10)  # still connecting when the caller gives up
         made.append(socket.socket())
+        returned.set()
         return made[-1]
 
     monkeypatch.setattr(netns_mod, "_connect_tcp", slow_connect)
     ex = NetnsExecutor(None)
     try:
         task = asyncio.ensure_future(ex.open_tcp("127.0.0.1", 80, timeout=5))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(started.wait, 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.4)
+        release.set()
+        assert await asyncio.to_thread(returned.wait, 10)
         assert len(made) == 1
-        assert made[0].fileno() == -1  # closed by the executor, not leaked
+
+        async def closed() -> None:
+            # The executor closes what the cancelled call made, on the worker, right after
+            # the call returns: there is no event to wait on but the socket itself.
+            while made[0].fileno() != -1:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(closed(), 10)  # closed by the executor, not leaked
     finally:
+        release.set()
         ex.shutdown()
 
 

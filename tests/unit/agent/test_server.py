@@ -102,9 +102,23 @@ async def test_wrong_secret_is_dropped(served: tuple[Agent, int]) -> None:
 
 
 async def test_agent_exits_when_idle_after_last_client() -> None:
-    _agent, port, task = await _start_agent(idle=1.0)
-    client = await _client(port)
-    await asyncio.sleep(1.5)
-    assert not task.done()  # a connected client keeps it alive
+    now = [0.0]
+    agent = Agent(Target(None), SECRET, idle_timeout=30, clock=lambda: now[0], tick=0.01)
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(agent.serve("127.0.0.1", 0, on_ready=ready.set_result))
+    client = await _client(await ready)
+    now[0] = 3600.0  # an hour later, a connected client still keeps it alive
+    assert agent.exit_reason() is None
+    assert not task.done()
     await client.close()
+
+    # Idle from when the client left: exits once the clock passes the timeout.
+    async def no_sessions() -> None:
+        while agent.sessions:  # noqa: ASYNC110 (the agent's own state: no event to wait on)
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(no_sessions(), 5)
+    assert agent.exit_reason() is None
+    now[0] += 31
+    assert agent.exit_reason() == "no client for 30 s"
     await asyncio.wait_for(task, 5)
