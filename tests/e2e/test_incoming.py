@@ -596,3 +596,46 @@ def test_a_deleted_target_pod_ends_the_session_with_one_line() -> None:
         assert "Traceback" not in t.stderr
     finally:
         kubectl("-n", "shop", "delete", "pod", "t-gone", "--wait=false", check=False)
+
+
+@pytest.mark.parametrize("policy", ["stop", "keep"])
+def test_exec_on_a_deleted_pod_stops_the_program_unless_asked(policy: str, tmp_path: Path) -> None:
+    name = f"t-gone-exec-{policy}"
+    pod = throwaway_pod(name, one_container(PYTHON_IMAGE, ["sleep", "3600"])["containers"])
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    pidfile = tmp_path / "pid"
+    program = (
+        f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    )
+    try:
+        kubectl("-n", "shop", "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
+        t = Tether(
+            "exec", "-v", "--target", f"pod/{name}", "-n", "shop", *AGENT,
+            "--on-target-lost", policy, "--", sys.executable, "-c", program,
+        )  # fmt: skip
+        try:
+            t.wait_for("started")
+            wait_until(pidfile.exists, 30, "the program started")
+            pid = int(pidfile.read_text())
+            kubectl("-n", "shop", "delete", "pod", name, "--wait=false")
+            if policy == "stop":
+                code = t.proc.wait(60)
+                errors = [line for line in t.lines if line.startswith("tether: error:")]
+                assert code != 0 and len(errors) == 1, t.stderr
+                assert "the program was stopped" in errors[0], errors[0]
+                assert "Traceback" not in t.stderr
+                assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+            else:
+                t.wait_for("the program runs on without the target", within=60)
+                assert t.proc.poll() is None and Path(f"/proc/{pid}").exists()
+        finally:
+            t.stop(signal.SIGTERM)
+    finally:
+        kubectl("-n", "shop", "delete", "pod", name, "--wait=false", check=False)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

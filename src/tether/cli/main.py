@@ -401,6 +401,13 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
     metavar="PORT",
     help="Only mirror/steal these remote ports (default: every port the app listens on).",
 )
+@click.option(
+    "--on-target-lost",
+    type=click.Choice(["stop", "keep"]),
+    default=None,
+    help="When the target goes: stop the program and exit non-zero (default), or keep it "
+    "running without the target (config: on_target_lost).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(command: tuple[str, ...], **opts: Any) -> None:
     """Run COMMAND locally in the target's context: its env, files, network, DNS, and with

@@ -585,6 +585,19 @@ class TetherConfig(BaseModel):
         default=None,
         description="Path of the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
     )
+    on_target_lost: Literal["stop", "keep"] = Field(
+        default="stop",
+        description="What tether exec does when the session loses its target (the pod was "
+        "deleted or restarted, the agent went away): stop the program (SIGTERM, then SIGKILL "
+        "after exec_stop_grace seconds) and exit non-zero, or keep it running without the "
+        "target.",
+    )
+    exec_stop_grace: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a program stopped because its target was lost gets between "
+        "SIGTERM and SIGKILL.",
+    )
     agent: AgentConfig = Field(
         default_factory=AgentConfig,
         description="The agent tether starts in the cluster.",

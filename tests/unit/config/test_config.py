@@ -229,6 +229,8 @@ def test_schema_has_descriptions() -> None:
         "namespace",
         "context",
         "kubeconfig",
+        "on_target_lost",
+        "exec_stop_grace",
         "agent",
         "env",
         "fs",

@@ -29,7 +29,7 @@ from tether.local.proxies.dns_proxy import DnsProxy
 from tether.local.proxies.incoming import IncomingClient
 from tether.local.proxies.outgoing import OutgoingProxy, UdpProxy
 from tether.local.session.progress import Progress
-from tether.local.session.session import open_session
+from tether.local.session.session import SessionError, open_session
 from tether.protocol.messages import GetEnv, GetHostname
 from tether.tunnel import RemoteOpError, Tunnel
 
@@ -82,13 +82,41 @@ def _kill_tree(pid: int) -> None:
             os.kill(current, signal.SIGKILL)
 
 
-async def _warn_when_lost(tunnel: Tunnel, progress: Progress) -> None:
-    why = await tunnel.wait_closed()
-    # The program goes on (it may not need the target any more), but the user must know why
-    # its remote files, connections and incoming traffic stopped working.
-    progress.warn(
-        f"lost the agent ({why or 'tunnel closed'}); the program runs on without the target"
-    )
+class TargetLost:
+    """Watches the tunnel while the program runs: when the target is lost, stops the program
+    (the default: nothing should run on without its context) or says it runs on without it."""
+
+    def __init__(self, pid: int, keep: bool, grace: float, progress: Progress) -> None:
+        self.pid = pid
+        self.keep = keep
+        self.grace = grace
+        self.progress = progress
+        self.why: str | None = None
+        """Why the target was lost, once it was (then the program was stopped unless kept)."""
+
+    async def watch(self, tunnel: Tunnel) -> None:
+        """Wait for the tunnel to end, then act (cancelled when the program ends first)."""
+        why = str(await tunnel.wait_closed() or "tunnel closed")
+        self.why = why
+        if self.keep:
+            # The user asked for it: the program goes on, but must know why its remote files,
+            # connections and incoming traffic stopped working.
+            self.progress.warn(f"lost the agent ({why}); the program runs on without the target")
+            return
+        self.progress.warn(f"lost the agent ({why}); stopping the program")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        await asyncio.sleep(self.grace)
+        _kill_tree(self.pid)
+
+    def error(self) -> SessionError | None:
+        """The one-line error a stopped program's run ends with, if it was stopped."""
+        if self.why is None or self.keep:
+            return None
+        return SessionError(
+            f"lost the target ({self.why}); the program was stopped (--on-target-lost keep"
+            " lets it run on)"
+        )
 
 
 def _path_kind(path: str) -> PathKind:
@@ -179,7 +207,10 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)
         progress.detail(f"started {argv[0]} (pid {launch.pid})")
-        watch = asyncio.ensure_future(_warn_when_lost(tunnel, progress))
+        lost = TargetLost(
+            launch.pid, config.on_target_lost == "keep", config.exec_stop_grace, progress
+        )
+        watch = asyncio.ensure_future(lost.watch(tunnel))
         try:
             code = await _wait_exit(launch.pid)
         except BaseException:
@@ -207,4 +238,7 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             progress.detail(f"{supervisor.internal_errors} internal errors in the interceptor")
         counts = ", ".join(f"{Syscall(nr).name} {n}" for nr, n in supervisor.by_nr.most_common())
         progress.detail(f"{supervisor.count} syscalls intercepted ({counts})")
+        stopped = lost.error()
+        if stopped is not None:
+            raise stopped
         return code
