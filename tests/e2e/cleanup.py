@@ -25,43 +25,39 @@ def agent_objects_everywhere() -> list[str]:
     ]
 
 
-def tether_chains_of(namespace: str, app: str) -> str:
-    """The tether rules and chains in the network namespace of `app`'s running pods."""
+def _pids_of(namespace: str, app: str) -> list[int]:
+    """The main process (on this node) of the first container of each of `app`'s pods."""
     out = kubectl("-n", namespace, "get", "pods", "-l", f"app={app}", "-o", "json", check=False)
-    found = []
+    pids = []
     for pod in json.loads(out or '{"items": []}')["items"]:
         for status in pod.get("status", {}).get("containerStatuses", [])[:1]:
-            if not status.get("containerID"):
-                continue
             try:
-                pid = find_container_pid(status["containerID"])
+                pids.append(find_container_pid(status.get("containerID", "")))
             except (TargetNotFound, ValueError):
                 continue
-            for save in IPTABLES_SAVES:
-                text = subprocess.run(
-                    ["nsenter", "-t", str(pid), "-n", save],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                ).stdout
-                found += [f"{save}: {line}" for line in text.splitlines() if "TETHER" in line]
+    return pids
+
+
+def tether_chains_of(namespace: str, app: str) -> str:
+    """The tether rules and chains in the network namespace of `app`'s running pods."""
+    found = []
+    for pid in _pids_of(namespace, app):
+        for save in IPTABLES_SAVES:
+            text = subprocess.run(
+                ["nsenter", "-t", str(pid), "-n", save], capture_output=True, text=True, check=False
+            ).stdout
+            found += [f"{save}: {line}" for line in text.splitlines() if "TETHER" in line]
     return "\n".join(found)
 
 
 def remove_tether_chains_of(namespace: str, app: str) -> None:
     """Remove tether's chains from `app`'s pods, as the next agent would."""
-    out = kubectl("-n", namespace, "get", "pods", "-l", f"app={app}", "-o", "json", check=False)
-    for pod in json.loads(out or '{"items": []}')["items"]:
-        for status in pod.get("status", {}).get("containerStatuses", [])[:1]:
-            try:
-                pid = find_container_pid(status.get("containerID", ""))
-            except (TargetNotFound, ValueError):
-                continue
-            subprocess.run(
-                ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", _REMOVE],
-                capture_output=True,
-                check=False,
-            )
+    for pid in _pids_of(namespace, app):
+        subprocess.run(
+            ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", _REMOVE],
+            capture_output=True,
+            check=False,
+        )
 
 
 _REMOVE = "from tether.agent.iptables import remove_tether_chains; remove_tether_chains()"

@@ -258,16 +258,20 @@ async def _ready_line(kc: KubeClient, pod: PodView) -> AsyncIterator[str]:
         await asyncio.sleep(LOG_RETRY)
 
 
+async def _events_of(kc: KubeClient, namespace: str, kind: str, name: str) -> Any:
+    """The events about one object (KubeError, e.g. without RBAC on events)."""
+    return await kc.call(
+        kc.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name},involvedObject.kind={kind}"
+        ),
+        Operation("list", "events", namespace),
+    )
+
+
 async def _report_events(kc: KubeClient, pod: PodView, phases: _Phases) -> bool:
     """Report image pulling from the pod's events; False if we may not read events."""
     try:
-        events = await kc.call(
-            kc.core.list_namespaced_event(
-                pod.namespace,
-                field_selector=f"involvedObject.name={pod.name},involvedObject.kind=Pod",
-            ),
-            Operation("list", "events", pod.namespace),
-        )
+        events = await _events_of(kc, pod.namespace, "Pod", pod.name)
     except KubeError:
         return False
     reasons = {str(e.reason): str(e.message or "") for e in events.items}
@@ -293,13 +297,7 @@ async def _check_job(kc: KubeClient, handle: AgentHandle) -> None:
                 f'agent Job "{handle.job_name}" failed: {cond.reason}: {cond.message}'
             )
     try:
-        events = await kc.call(
-            kc.core.list_namespaced_event(
-                handle.namespace,
-                field_selector=f"involvedObject.name={handle.job_name},involvedObject.kind=Job",
-            ),
-            Operation("list", "events", handle.namespace),
-        )
+        events = await _events_of(kc, handle.namespace, "Job", handle.job_name)
     except KubeError:
         return  # events are a diagnosis aid; without RBAC on them the timeout still reports
     for event in events.items:
