@@ -13,11 +13,14 @@ Invariants:
   target and headers the decision saw (plus a Host header where the client sent none);
 - the client gets the answers in request order, and all of them unless the router gave up
   on the connection;
-- cutting the client's bytes into reads differently changes none of this.
+- cutting the client's bytes into reads differently changes none of this;
+- `http1_core.Http1Core` driven alone, without asyncio (`drive_core`), decides, routes and
+  answers exactly as the whole router does: the asyncio shell adds no behaviour of its own.
 """
 
 from __future__ import annotations
 
+import collections
 import re
 import sys
 from collections.abc import Hashable
@@ -32,6 +35,17 @@ from fuzz.fakes import ClientPipe, LogRecorder, Loop, QueuePipe
 
 with atheris.instrument_imports(include=["tether", "h11"]):
     from tether.agent.incoming.filters import HttpFilter
+    from tether.agent.incoming.http1_core import (
+        AbortClient,
+        Action,
+        CloseUpstream,
+        Http1Core,
+        OpenUpstream,
+        ReadClient,
+        SendClient,
+        SendUpstream,
+        Splice,
+    )
     from tether.agent.incoming.http2 import PREFACE
     from tether.agent.incoming.router import Decide, RequestHead, looks_like_http, route_http
 
@@ -76,6 +90,14 @@ class Upstream(QueuePipe):
         self.requests: list[h11.Request] = []
         self.numbers: list[int] = []
         self.switched = False
+        self.outbox: collections.deque[bytes] = collections.deque()  # for drive_core
+        self.ended = False
+
+    def feed(self, data: bytes) -> None:
+        if not self.ended:
+            self.outbox.append(data)
+            self.ended = not data
+        super().feed(data)
 
     def received(self, data: bytes) -> None:
         if self.switched:
@@ -170,6 +192,68 @@ def serve(pieces: list[bytes]) -> Result:
     return Result(seen, client)
 
 
+def drive_core(raw: bytes) -> Result:
+    """The connection of `serve([raw])` served by `Http1Core` alone, driven synchronously:
+    upstreams answer at once, and their events go first, client reads last (as the asyncio
+    fakes arrange with their quiet turns). Checks the same invariants as `serve`."""
+    assert RECORDER is not None
+    RECORDER.records.clear()
+    Upstream.answers = 0
+    seen = Seen()
+    client = ClientPipe([])
+    core = Http1Core(decide_for(seen))
+    links: dict[int, Upstream] = {}
+    opening: collections.deque[int] = collections.deque()
+    want_client = False
+    actions: list[Action] = core.client_data(raw)
+    while True:
+        for action in actions:
+            if isinstance(action, SendClient):
+                client.received += action.data
+            elif isinstance(action, SendUpstream):
+                links[action.conn].received(action.data)
+            elif isinstance(action, ReadClient):
+                want_client = True
+            elif isinstance(action, OpenUpstream):
+                upstream = Upstream(action.key, seen)
+                seen.upstreams.append(upstream)
+                links[action.conn] = upstream
+                opening.append(action.conn)
+            elif isinstance(action, CloseUpstream):
+                links.pop(action.conn).closed = True
+            else:
+                if isinstance(action, Splice):
+                    links.pop(action.conn).closed = True
+                client.aborted = isinstance(action, AbortClient)
+                client.closed = True
+        if core.finished:
+            break
+        actions = _next_core_event(core, links, opening)
+        if not actions and want_client:
+            want_client = False
+            actions = core.client_eof()  # all of the input was given at once
+        check(bool(actions) or core.finished, "the core waits for an event that cannot come")
+    RECORDER.check_no_unexpected_errors((OSError, h11.RemoteProtocolError))
+    for upstream in seen.upstreams:
+        check(upstream.closed, "the core left an upstream connection open")
+    check_routing(seen)
+    check_answers(seen, client)
+    return Result(seen, client)
+
+
+def _next_core_event(
+    core: Http1Core, links: dict[int, Upstream], opening: collections.deque[int]
+) -> list[Action]:
+    """Feed the core the next upstream event (a connection open, bytes, an EOF), if any."""
+    if opening:
+        return core.upstream_opened(opening.popleft())
+    for conn, upstream in links.items():
+        if upstream.outbox:
+            data = upstream.outbox.popleft()
+            return core.upstream_data(conn, data) if data else core.upstream_eof(conn)
+    return []
+
+
 def check_routing(seen: Seen) -> None:
     for key in {k for k, _ in seen.decided} | {u.key for u in seen.upstreams}:
         wanted = [head for k, head in seen.decided if k == key]
@@ -221,13 +305,15 @@ def test_one_input(data: bytes) -> None:
     if not raw:
         return
     whole = serve([raw])
+    alone = drive_core(raw)
     cut = serve(split(fdp, raw))
-    for name, a, b in [
-        ("decided", whole.seen.decided, cut.seen.decided),
-        ("routed", _routed(whole.seen), _routed(cut.seen)),
-        ("answered", _answers(whole.client), _answers(cut.client)),
+    for name, a, b, c in [
+        ("decided", whole.seen.decided, cut.seen.decided, alone.seen.decided),
+        ("routed", _routed(whole.seen), _routed(cut.seen), _routed(alone.seen)),
+        ("answered", _answers(whole.client), _answers(cut.client), _answers(alone.client)),
     ]:
         check(a == b, f"cutting the client's bytes differently changed what was {name}")
+        check(a == c, f"the core alone and the router differ in what was {name}")
 
 
 def _routed(seen: Seen) -> list[tuple[Hashable | None, list[tuple[Any, ...]]]]:

@@ -1,5 +1,5 @@
 """Fuzz HTTP/2 request routing on the steal path: prior-knowledge detection (the preface,
-possibly split over reads), `http2._FrameSplitter` (which takes GOAWAY frames out of the
+possibly split over reads), `http2_core._FrameSplitter` (which takes GOAWAY frames out of the
 byte stream), and `router.route_http` serving a client whose bytes after the preface are
 the fuzz input, with in-memory h2 upstreams that answer every request.
 
@@ -37,7 +37,8 @@ from fuzz.fakes import ClientPipe, LogRecorder, Loop, QueuePipe
 
 with atheris.instrument_imports(include=["tether"]):
     from tether.agent.incoming.filters import HttpFilter
-    from tether.agent.incoming.http2 import PREFACE, _FrameSplitter, _GoAway, request_head
+    from tether.agent.incoming.http2 import PREFACE, request_head
+    from tether.agent.incoming.http2_core import _FrameSplitter, _GoAway
     from tether.agent.incoming.router import Decide, RequestHead, route_http
 
 FILTERS: list[tuple[Hashable, HttpFilter]] = [

@@ -1,474 +1,236 @@
 """HTTP/1.x request routing: each request of a client connection goes to the upstream its
 route key names (the original app, or a session's local app).
 
-h11 parses both sides: a server-role connection for the client and a client-role connection
-per upstream, so message framing (Content-Length, chunked, read-until-close) is re-done by
-h11 on each side while bodies stream through chunk by chunk. Requests are served strictly in
-order: h11 keeps later pipelined requests buffered until the current response is complete.
+What to do is decided by `http1_core.Http1Core` (events in, actions out; see there for the
+routing itself). This module is its asyncio shell: it owns the pipes, reads the client and the
+upstreams and feeds the core, and performs the actions: connecting, writing with back-pressure,
+splicing raw bytes after a protocol switch, lingering before closing.
+
+Tasks: one reads the client, one per upstream connection reads it (after connecting it), and
+the serving task waits for the end and cleans up. Whoever's event made bytes to send writes
+them itself before reading on (`_Out`), so each direction runs at its reader's pace, as with
+plain `await write(...)`, while the two directions of an exchange stay independent: an app may
+answer before it has read the request body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import enum
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any
 
-import h11
-
-from tether.agent.incoming.pipes import Pipe
-from tether.agent.incoming.routing import (
-    Connect,
-    Decide,
-    RequestHead,
-    decode,
-    log,
-    safe_decide,
-    unreachable_reason,
+from tether.agent.incoming.http1_core import (
+    AbortClient,
+    Action,
+    CloseClient,
+    CloseUpstream,
+    Http1Core,
+    OpenUpstream,
+    ReadClient,
+    SendClient,
+    SendUpstream,
+    Splice,
 )
+from tether.agent.incoming.pipes import Pipe
+from tether.agent.incoming.routing import Connect, Decide, log
 
 # How long, and for how many bytes, we keep reading (and dropping) what a client still sends
 # after we decided to close its connection. Closing a socket with unread data makes the
 # kernel send RST, which can destroy the response still on its way to the client.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
+# Queued pieces up to this size together are joined into one write (see _Out._take).
+_SMALL = 16384
 
-Headers = list[tuple[bytes, bytes]]
-# What h11's next_event gives once NEED_DATA is dealt with.
-_Event = h11.Event | type[h11.PAUSED]
-
-
-class _UpstreamError(Exception):
-    """The upstream could not be reached, or broke the exchange (closed, reset, garbage)."""
-
-    def __init__(self, reason: str, *, answered: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        # Whether a response head had already been relayed to the client (then the client
-        # connection cannot be saved).
-        self.answered = answered
+_Final = Splice | CloseClient | AbortClient
 
 
-class _Outcome(enum.Enum):
-    DONE = "done"  # the response is complete
-    SWITCHED = "switched"  # protocol switched (101 / 2xx to CONNECT): splice bytes now
+class _Out:
+    """The bytes queued for one pipe, written in order.
 
+    Whoever queues bytes writes them too (`flush`) before reading on: that is the
+    back-pressure. A flush waits only for bytes queued before its own (another task may be
+    writing those), never for later ones, so no task waits on a direction it does not feed.
+    """
 
-class _Upstream:
-    """A client-role h11 connection to one route key's upstream, kept across requests."""
+    __slots__ = (
+        "_waiters",
+        "busy",
+        "closed",
+        "failed",
+        "owner",
+        "pipe",
+        "pushed",
+        "queue",
+        "taken",
+        "written",
+    )
 
-    def __init__(self, key: Hashable | None, pipe: Pipe) -> None:
-        self.key = key
+    def __init__(self, pipe: Pipe, owner: int | None) -> None:
         self.pipe = pipe
-        self.conn = h11.Connection(h11.CLIENT)
-        self.reused = False  # it has served a request before
-        self.broken = False  # writing to it failed: stop forwarding, drop it afterwards
-        # A read in progress. Between requests we keep one running (`watch`) so that we learn
-        # when the upstream closed an idle keep-alive connection before we send on it.
-        self._pending: asyncio.Future[bytes] | None = None
+        self.owner = owner  # the upstream connection id; None for the client
+        self.queue: collections.deque[bytes | None] = collections.deque()  # None: half-close
+        # Items queued, taken off the queue to be written, and written (or given up on).
+        self.pushed = self.taken = self.written = 0
+        self.busy = False  # a flush is writing
+        self.closed = False
+        self.failed: OSError | None = None
+        self._waiters: list[asyncio.Future[None]] = []
 
-    async def read(self) -> bytes:
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self.pipe.read())
-        try:
-            return await self._pending
-        finally:
-            self._pending = None
+    def push(self, item: bytes | None) -> int:
+        """Queue bytes (None: half-close after them); the mark to `flush` up to."""
+        if not self.closed:
+            self.queue.append(item)
+            self.pushed += 1
+        return self.pushed
 
-    def watch(self) -> None:
-        """Start reading while idle, so that `stale` can tell when the upstream closed."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self.pipe.read())
-
-    def stale(self) -> bool:
-        """Whether the idle connection ended or sent something unasked (either way unusable)."""
-        return self._pending is not None and self._pending.done()
-
-    async def next_event(self) -> _Event:
-        """The next event from the upstream; raises _UpstreamError if it breaks."""
-        try:
-            while True:
-                event = self.conn.next_event()
-                if event is not h11.NEED_DATA:
-                    return cast(_Event, event)
-                self.conn.receive_data(await self.read())
-        except h11.RemoteProtocolError as exc:
-            raise _UpstreamError(f"bad HTTP from the upstream: {exc}") from None
-        except OSError as exc:
-            raise _UpstreamError(f"the upstream connection broke: {exc}") from None
-
-    async def send(self, *events: h11.Event) -> None:
-        """Send events to the upstream; raises _UpstreamError if it cannot take them."""
-        data = b"".join(self.conn.send(event) or b"" for event in events)
-        if data:
+    async def flush(self, upto: int) -> OSError | None:
+        """Write what was queued up to mark `upto`; the error if writing failed."""
+        while self.written < upto and not self.closed:
+            if self.busy:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                await waiter
+                continue
+            self.busy = True
             try:
-                await self.pipe.write(data)
+                while self.taken < upto:
+                    item = self._take(upto)
+                    if item is None:
+                        self.pipe.write_eof()
+                    else:
+                        await self.pipe.write(item)
+                    self.written = self.taken
             except OSError as exc:
-                raise _UpstreamError(f"the upstream connection broke: {exc}") from None
+                self.failed = exc
+                self.close()
+            finally:
+                # A write cut short (cancelled) counts as written: it is never repeated.
+                self.written = self.taken
+                self.busy = False
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        return self.failed
 
-    def abort(self) -> None:
-        """Reset the connection at once (no waiting)."""
-        self.broken = True
-        if self._pending is not None:
-            self._pending.cancel()
-        self.pipe.abort()
+    def _take(self, upto: int) -> bytes | None:
+        """The next item to write. Small pieces queued together come joined: a head and a
+        short body go out in one write (one system call, one packet)."""
+        queue = self.queue
+        item = queue.popleft()
+        self.taken += 1
+        if item is None or len(item) >= _SMALL:
+            return item
+        parts = [item]
+        size = len(item)
+        while self.taken < upto:
+            following = queue[0]
+            if following is None or size + len(following) > _SMALL:
+                break
+            queue.popleft()
+            parts.append(following)
+            self.taken += 1
+            size += len(following)
+        return item if len(parts) == 1 else b"".join(parts)
 
-    async def close(self) -> None:
-        self.broken = True
-        if self._pending is not None:
-            await _cancel(self._pending)
-            self._pending = None
-        with contextlib.suppress(OSError):
-            await self.pipe.close()
+    def close(self) -> None:
+        """Drop what is queued and take no more."""
+        self.closed = True
+        self.queue.clear()
+        self.taken = self.written = self.pushed
 
 
-class _Http1Router:
-    """Serves one HTTP/1.x client connection."""
+class _Link:
+    """The shell's side of one upstream connection."""
+
+    __slots__ = ("closed", "id", "key", "out", "pipe", "reading", "task")
+
+    def __init__(self, conn_id: int, key: Hashable | None) -> None:
+        self.id = conn_id
+        self.key = key
+        self.pipe: Pipe | None = None  # None while connecting
+        self.out: _Out | None = None
+        self.task: asyncio.Task[None] | None = None  # connecting, then reading
+        self.reading = False  # the task waits in pipe.read()
+        self.closed = False
+
+
+class _Http1Shell:
+    """Serves one HTTP/1.x client connection by running an `Http1Core`."""
 
     def __init__(self, client: Pipe, decide: Decide, connect: Connect) -> None:
         self.client = client
-        self.decide = decide
         self.connect = connect
-        self.conn = h11.Connection(h11.SERVER)
-        self.client_eof = False
-        self.pool: dict[Hashable | None, _Upstream] = {}
-        self.opened: list[_Upstream] = []
+        self.core = Http1Core(decide)
+        self.client_out = _Out(client, None)
+        self.links: dict[int, _Link] = {}
+        self.tasks: set[asyncio.Task[None]] = set()  # connecting and reading upstreams
+        self.closing: set[asyncio.Task[None]] = set()  # closing upstreams
+        self.final: _Final | None = None
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.spliced: _Link | None = None
+        # The client reader: whether the core wants client bytes, and how (ReadClient).
+        self.want_client = False
+        self.pace_client = False
+        self.client_wakeup: asyncio.Future[None] | None = None
+        self.client_task: asyncio.Task[None] | None = None
 
     # -- the connection ---------------------------------------------------------------------
 
     async def serve(self, first: bytes) -> None:
-        self.conn.receive_data(first)
         try:
-            graceful = False
-            try:
-                await self._serve_requests()
-                graceful = True
-            except h11.RemoteProtocolError as exc:
-                log.debug("bad HTTP/1 request from the client: %s", exc)
-                graceful = await self._reject(exc)
-            except (OSError, h11.LocalProtocolError, _UpstreamError) as exc:
-                log.debug("HTTP/1 connection ended: %r", exc)
-            except Exception:
-                log.debug("HTTP/1 connection failed", exc_info=True)
-            for upstream in self.opened:
-                await upstream.close()
-            if graceful:
-                await self._close_client()
-            else:
-                self.client.abort()
-                with contextlib.suppress(OSError):
-                    await self.client.close()
+            self.client_task = asyncio.create_task(self._read_client(first))
+            await self.finished
+            if isinstance(self.final, Splice):
+                await self._splice(self.final)
+            await self._wind_down()
         except asyncio.CancelledError:
             # No awaiting here: a cancelled task must not be stopped halfway through cleanup.
-            for upstream in self.opened:
-                upstream.abort()
+            for task in self._tasks():
+                task.cancel()
+            for link in self.links.values():
+                if link.pipe is not None:
+                    link.pipe.abort()
             self.client.abort()
             raise
 
-    async def _serve_requests(self) -> None:
-        while True:
-            event = await self._next_client_event()
-            if not isinstance(event, h11.Request):
-                return  # ConnectionClosed: the client is done
-            if not await self._exchange(event):
-                return
-            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
-                return  # one side asked for the connection to close
-            self.conn.start_next_cycle()
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        tasks = [*self.tasks, self.client_task] if self.client_task is not None else [*self.tasks]
+        return [task for task in tasks if not task.done()]
 
-    async def _next_client_event(self) -> _Event:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return cast(_Event, event)
-            data = await self.client.read()
-            self.client_eof = not data
-            self.conn.receive_data(data)
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]]
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        into.add(task)
+        task.add_done_callback(into.discard)
+        return task
 
-    async def _send_client(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data:
-            await self.client.write(data)
-
-    # -- one request --------------------------------------------------------------------------
-
-    async def _exchange(self, request: h11.Request) -> bool:
-        """Relay one request and its response; False when the connection is over."""
-        head = RequestHead(
-            method=decode(request.method),
-            target=decode(request.target),
-            headers=tuple((decode(n), decode(v)) for n, v in request.headers.raw_items()),
-            http2=False,
-        )
-        key = safe_decide(self.decide, head)
-        outgoing = _upstream_request(request)
-        has_body = _has_body(request)
-        if not has_body:
-            # h11 hands out the EndOfMessage of a bodyless request without reading more;
-            # taking it now makes the whole request replayable on a fresh connection.
-            await self._next_client_event()
-
-        body_task: asyncio.Task[None] | None = None
-        try:
-            for attempt in (1, 2):
-                try:
-                    upstream = await self._upstream(key)
-                except _UpstreamError as exc:
-                    await self._answer_unreachable(request, exc.reason)
-                    return await self._after_answering(None)
-                # A kept-alive upstream may have closed just as we send: a bodyless request
-                # is then simply retried once on a new connection.
-                retry = upstream.reused and not has_body and attempt == 1
-                try:
-                    if has_body:
-                        await upstream.send(outgoing)
-                        body_task = asyncio.create_task(self._relay_request_body(upstream))
-                    else:
-                        await upstream.send(outgoing, h11.EndOfMessage())
-                    outcome = await self._relay_response(upstream, request, body_task)
-                except _UpstreamError as exc:
-                    await self._drop(upstream)
-                    if exc.answered:
-                        raise  # the client has half a response: its connection cannot go on
-                    if retry:
-                        log.debug("kept-alive upstream went away (%s); retrying", exc.reason)
-                        continue
-                    await self._answer_unreachable(request, unreachable_reason(key, exc))
-                    return await self._after_answering(body_task)
-                break
-            else:  # pragma: no cover - the loop always breaks or returns
-                return False
-            if outcome is _Outcome.SWITCHED:
-                await self._drop(upstream, close=False)
-                await self._splice(upstream)
-                return False
-            await self._after_answering(body_task)
-            await self._release(upstream)
-            return True
-        finally:
-            if body_task is not None:
-                await _cancel(body_task)
-
-    async def _after_answering(self, body_task: asyncio.Task[None] | None) -> bool:
-        """Once the response is out: finish reading the request body (still streaming to the
-        upstream, or dropped if the upstream is gone) so that the next request can be read.
-        False when the connection closes instead."""
-        if self.conn.our_state is h11.MUST_CLOSE:
-            return False
-        if body_task is not None:
-            await _settle(body_task)
-        while self.conn.their_state is h11.SEND_BODY:
-            event = await self._next_client_event()
-            if isinstance(event, h11.ConnectionClosed):
-                return False
-        return True
-
-    async def _relay_request_body(self, upstream: _Upstream) -> None:
-        """Stream the client's request body to the upstream. If the upstream goes away we keep
-        reading (and dropping) the body: the client connection stays usable afterwards."""
-        while True:
-            event = await self._next_client_event()
-            if isinstance(event, h11.Data):
-                await self._forward(upstream, h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                trailers: Headers = list(event.headers.raw_items())
-                await self._forward(upstream, h11.EndOfMessage(headers=trailers))
-                return
-            else:
-                raise ConnectionResetError("the client closed the connection mid-request")
-
-    async def _forward(self, upstream: _Upstream, event: h11.Event) -> None:
-        if upstream.broken:
+    async def _wind_down(self) -> None:
+        """After the final action: the last answer out, then every upstream closed, then the
+        client (lingering, or reset)."""
+        final = self.final
+        graceful = not isinstance(final, AbortClient)
+        if isinstance(final, CloseClient):
+            error = await self.client_out.flush(self.client_out.pushed)
+            if error is not None:
+                log.debug("HTTP/1 connection ended: %r", error)
+                graceful = False
+        stopped = self._tasks()
+        for task in stopped:
+            task.cancel()
+        for conn in list(self.links):
+            self._close_link(conn)
+        await _settle([*stopped, *self.closing])
+        if not graceful:
+            self.client.abort()
+            with contextlib.suppress(OSError):
+                await self.client.close()
             return
-        try:
-            await upstream.send(event)
-        except (_UpstreamError, h11.LocalProtocolError) as exc:
-            log.debug("upstream stopped taking the request body: %r", exc)
-            upstream.broken = True
-
-    async def _relay_response(
-        self, upstream: _Upstream, request: h11.Request, body_task: asyncio.Task[None] | None
-    ) -> _Outcome:
-        """Relay the upstream's response to the client; raises _UpstreamError. While it runs,
-        `body_task` streams the request body; a client error there ends this relay too."""
-        relay = asyncio.ensure_future(self._relay_response_events(upstream, request, body_task))
-        try:
-            if body_task is not None:
-                await asyncio.wait({relay, body_task}, return_when=asyncio.FIRST_EXCEPTION)
-                if not relay.done():
-                    # The request body failed: the client broke the request (or left).
-                    await _cancel(relay)
-                    await self._drop(upstream)
-                    await body_task  # raises the client's error
-            return await relay
-        finally:
-            relay.cancel()  # only if we are cancelled ourselves (else it is done by now)
-
-    async def _relay_response_events(
-        self, upstream: _Upstream, request: h11.Request, body_task: asyncio.Task[None] | None
-    ) -> _Outcome:
-        answered = False
-        try:
-            while True:
-                event = await upstream.next_event()
-                if isinstance(event, h11.InformationalResponse):
-                    if event.status_code == 101:
-                        if body_task is not None:
-                            await body_task  # h11 only switches once the request is complete
-                        await self._send_client(
-                            h11.InformationalResponse(
-                                status_code=101,
-                                headers=list(event.headers.raw_items()),
-                                reason=event.reason,
-                            )
-                        )
-                        return _Outcome.SWITCHED
-                    await self._send_client(
-                        h11.InformationalResponse(
-                            status_code=event.status_code,
-                            headers=list(event.headers.raw_items()),
-                            reason=event.reason,
-                        )
-                    )
-                elif isinstance(event, h11.Response):
-                    headers: Headers = list(event.headers.raw_items())
-                    if self._must_close_after(request, event.status_code, headers):
-                        headers = _with_connection_close(headers)
-                    answered = True
-                    await self._send_client(
-                        h11.Response(
-                            status_code=event.status_code, headers=headers, reason=event.reason
-                        )
-                    )
-                    if request.method == b"CONNECT" and 200 <= event.status_code < 300:
-                        return _Outcome.SWITCHED
-                elif isinstance(event, h11.Data):
-                    await self._send_client(h11.Data(data=event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    trailers: Headers = list(event.headers.raw_items())
-                    if self.conn.their_http_version != b"1.1":
-                        trailers = []  # an HTTP/1.0 client gets no chunked framing to carry them
-                    await self._send_client(h11.EndOfMessage(headers=trailers))
-                    return _Outcome.DONE
-                else:
-                    raise _UpstreamError("the upstream closed the connection without answering")
-        except _UpstreamError as exc:
-            exc.answered = answered
-            raise
-
-    def _must_close_after(self, request: h11.Request, status: int, headers: Headers) -> bool:
-        # A client still waiting for "100 Continue" may or may not send its body now: we cannot
-        # know where its next request would start, so the connection ends after this answer.
-        if self.conn.they_are_waiting_for_100_continue:
-            return True
-        # A body delimited by the upstream closing: mirror that close to the client (which sees
-        # the same behaviour as from the app itself), although h11 re-frames it as chunked.
-        if status < 200 or status in (204, 304) or request.method == b"HEAD":
-            return False
-        if request.method == b"CONNECT" and 200 <= status < 300:
-            return False
-        names = {name.lower() for name, _ in headers}
-        return b"transfer-encoding" not in names and b"content-length" not in names
-
-    async def _answer_unreachable(self, request: h11.Request, reason: str) -> None:
-        """Answer `502 Bad Gateway` ourselves, with `reason` as a short text body."""
-        body = (reason + "\n").encode("utf-8", "replace")
-        headers: Headers = [
-            (b"Content-Type", b"text/plain; charset=utf-8"),
-            (b"Content-Length", str(len(body)).encode()),
-        ]
-        if self.conn.they_are_waiting_for_100_continue:
-            headers = _with_connection_close(headers)
-        log.debug("answering 502 to %r %r: %s", request.method, request.target, reason)
-        await self._send_client(
-            h11.Response(status_code=502, headers=headers, reason=b"Bad Gateway")
-        )
-        if request.method != b"HEAD":
-            await self._send_client(h11.Data(data=body))
-        await self._send_client(h11.EndOfMessage())
-
-    # -- upstreams ------------------------------------------------------------------------------
-
-    async def _upstream(self, key: Hashable | None) -> _Upstream:
-        upstream = self.pool.get(key)
-        if upstream is not None and (upstream.stale() or upstream.broken):
-            await self._drop(upstream)
-            upstream = None
-        if upstream is None:
-            try:
-                pipe = await self.connect(key)
-            except Exception as exc:
-                raise _UpstreamError(unreachable_reason(key, exc)) from None
-            upstream = _Upstream(key, pipe)
-            self.pool[key] = upstream
-            self.opened.append(upstream)
-        return upstream
-
-    async def _release(self, upstream: _Upstream) -> None:
-        """Keep the upstream for the next request if it is ready for one; else drop it."""
-        conn = upstream.conn
-        if not upstream.broken and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            upstream.reused = True
-            upstream.watch()
-        else:
-            await self._drop(upstream)
-
-    async def _drop(self, upstream: _Upstream, *, close: bool = True) -> None:
-        if self.pool.get(upstream.key) is upstream:
-            del self.pool[upstream.key]
-        if close:
-            await upstream.close()
-
-    # -- after a protocol switch --------------------------------------------------------------
-
-    async def _splice(self, upstream: _Upstream) -> None:
-        """Relay raw bytes both ways until both directions end (WebSocket, CONNECT, h2c...).
-        h11 may already hold bytes of the new protocol from either side: they go first."""
-        client_rest, client_eof = self.conn.trailing_data
-        upstream_rest, upstream_eof = upstream.conn.trailing_data
-        tasks = [
-            asyncio.create_task(_one_way(self.client.read, client_rest, client_eof, upstream.pipe)),
-            asyncio.create_task(_one_way(upstream.read, upstream_rest, upstream_eof, self.client)),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [t for t in done if t.exception() is not None]
-            if failed:
-                log.debug("spliced connection broke: %r", failed[0].exception())
-                upstream.pipe.abort()
-                self.client.abort()
-        finally:
-            for task in tasks:
-                await _cancel(task)
-        self.client_eof = True
-
-    # -- ending ---------------------------------------------------------------------------------
-
-    async def _reject(self, exc: h11.RemoteProtocolError) -> bool:
-        """Answer a malformed request with h11's status hint (400, 431...); the connection then
-        closes. False if no answer was possible."""
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return False
-        body = f"tether: bad HTTP request: {exc}\n".encode("utf-8", "replace")
-        headers: Headers = [
-            (b"Content-Type", b"text/plain; charset=utf-8"),
-            (b"Content-Length", str(len(body)).encode()),
-            (b"Connection", b"close"),
-        ]
-        try:
-            await self._send_client(
-                h11.Response(status_code=exc.error_status_hint, headers=headers)
-            )
-            await self._send_client(h11.Data(data=body))
-            await self._send_client(h11.EndOfMessage())
-        except (OSError, h11.LocalProtocolError):
-            return False
-        return True
-
-    async def _close_client(self) -> None:
-        if not self.client_eof:
+        if isinstance(final, CloseClient) and final.linger:
             self.client.write_eof()
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(_LINGER_SECONDS):
@@ -481,62 +243,277 @@ class _Http1Router:
         with contextlib.suppress(OSError):
             await self.client.close()
 
+    def _fail(self) -> None:
+        """An unexpected error in a task: give up on the connection."""
+        log.debug("HTTP/1 connection failed", exc_info=True)
+        self._finish(AbortClient())
+
+    def _finish(self, final: _Final) -> None:
+        if self.final is None:
+            self.final = final
+            self.finished.set_result(None)
+            self._wake_client()
+
+    # -- performing actions -----------------------------------------------------------------
+
+    async def _apply(self, actions: list[Action]) -> None:
+        """Perform `actions` in order. Bytes are queued at once and then written by this task
+        (that is its back-pressure); closing and ending wait until the bytes queued before
+        them are written, as their order asks. A failed write is reported to the core, and
+        what it answers is performed too."""
+        while actions:
+            flushes: dict[_Out, int] = {}
+            ends: list[CloseUpstream | Splice | CloseClient] = []
+            for action in actions:
+                if isinstance(action, SendClient):
+                    flushes[self.client_out] = self.client_out.push(action.data)
+                elif isinstance(action, SendUpstream):
+                    link = self.links.get(action.conn)
+                    if link is not None and link.out is not None:
+                        flushes[link.out] = link.out.push(action.data)
+                elif isinstance(action, ReadClient):
+                    self.want_client = True
+                    self.pace_client = action.next_request
+                    self._wake_client()
+                elif isinstance(action, OpenUpstream):
+                    self._open(action.conn, action.key)
+                elif isinstance(action, AbortClient):
+                    self._finish(action)  # at once: what is still queued does not matter
+                else:
+                    ends.append(action)
+            actions = await self._flush(flushes)
+            for end in ends:
+                if isinstance(end, CloseUpstream):
+                    self._close_link(end.conn)
+                elif isinstance(end, Splice):
+                    flushes = self._start_splice(end)
+                    self._finish(end)
+                    actions += await self._flush(flushes)
+                else:
+                    self._finish(end)
+
+    async def _flush(self, flushes: dict[_Out, int]) -> list[Action]:
+        """Write the queues up to the marks; the core's answers to failed writes."""
+        actions: list[Action] = []
+        for out, upto in flushes.items():
+            error = await out.flush(upto)
+            if error is not None:
+                actions += self._write_failed(out, error)
+        return actions
+
+    def _write_failed(self, out: _Out, error: OSError) -> list[Action]:
+        if self.spliced is not None:
+            return []  # the splice's own relays see it
+        if out.owner is None:
+            log.debug("HTTP/1 connection ended: %r", error)
+            return self.core.client_reset()
+        return self.core.upstream_write_failed(out.owner, error)
+
+    # -- the client ------------------------------------------------------------------------
+
+    def _wake_client(self) -> None:
+        if self.client_wakeup is not None and not self.client_wakeup.done():
+            self.client_wakeup.set_result(None)
+
+    async def _read_client(self, first: bytes) -> None:
+        """Read the client whenever the core asks, and feed it; relay raw after a splice."""
+        unread: bytes | None = None  # read just as the splice began (not expected)
+        try:
+            await self._apply(self.core.client_data(first))
+            while self.final is None:
+                if not self.want_client:
+                    self.client_wakeup = asyncio.get_running_loop().create_future()
+                    await self.client_wakeup
+                    continue
+                self.want_client = False
+                if self.pace_client:
+                    # Earlier answers go out before the next request is read.
+                    error = await self.client_out.flush(self.client_out.pushed)
+                    if error is not None:
+                        await self._apply(self._write_failed(self.client_out, error))
+                        continue
+                try:
+                    data = await self.client.read()
+                except OSError as exc:
+                    log.debug("HTTP/1 connection ended: %r", exc)
+                    await self._apply(self.core.client_reset())
+                    return
+                if self.final is not None:
+                    unread = data
+                    break
+                await self._apply(self.core.client_data(data) if data else self.core.client_eof())
+                if not data:
+                    return
+        except Exception:
+            self._fail()
+            return
+        link = self.spliced
+        if isinstance(self.final, Splice) and link is not None and link.out is not None:
+            # The splice's client-to-upstream direction (its errors end the splice).
+            if self.final.client_ended:
+                await _flush_or_raise(link.out)
+            else:
+                await _relay_raw(self.client.read, link.out, unread)
+
+    # -- upstreams ---------------------------------------------------------------------------
+
+    def _open(self, conn: int, key: Hashable | None) -> None:
+        link = _Link(conn, key)
+        self.links[conn] = link
+        link.task = self._spawn(self._connect(link), self.tasks)
+
+    async def _connect(self, link: _Link) -> None:
+        try:
+            try:
+                pipe = await self.connect(link.key)
+            except Exception as exc:
+                if not link.closed:
+                    await self._apply(self.core.upstream_failed(link.id, exc))
+                return
+            if link.closed:  # abandoned while connecting
+                await _close_quietly(pipe)
+                return
+            link.pipe = pipe
+            link.out = _Out(pipe, link.id)
+            # Reading starts at once, in a task of its own: the answer may come while this
+            # task still writes the request body.
+            link.task = self._spawn(self._read_upstream(link, pipe), self.tasks)
+            await self._apply(self.core.upstream_opened(link.id))
+        except Exception:
+            self._fail()
+
+    async def _read_upstream(self, link: _Link, pipe: Pipe) -> None:
+        """Read an upstream connection all the time and feed the core; relay raw after a
+        splice (whose errors end the splice, see `_splice`)."""
+        try:
+            while not link.closed:
+                link.reading = True
+                try:
+                    data = await pipe.read()
+                except OSError as exc:
+                    link.reading = False  # (before the finally) a busy writer is not cut short
+                    if self.spliced is link:
+                        raise
+                    await self._apply(self.core.upstream_reset(link.id, exc))
+                    return
+                finally:
+                    link.reading = False
+                if self.spliced is link:
+                    await _relay_raw(pipe.read, self.client_out, data)
+                    return
+                if link.closed or self.final is not None:
+                    return
+                if not data:
+                    await self._apply(self.core.upstream_eof(link.id))
+                    return
+                await self._apply(self.core.upstream_data(link.id, data))
+                if self.spliced is link:
+                    await _relay_raw(pipe.read, self.client_out)
+                    return
+        except Exception:
+            if self.spliced is link:
+                raise
+            self._fail()
+
+    def _close_link(self, conn: int) -> None:
+        link = self.links.pop(conn, None)
+        if link is None:
+            return
+        link.closed = True
+        if link.out is not None:
+            link.out.close()
+        task = link.task
+        # Only a read is cut short: a reader busy writing what it read (to the client, which
+        # others write to as well) must not leave half a message there; it sees `closed`.
+        if (
+            task is not None
+            and task is not asyncio.current_task()
+            and (link.reading or link.pipe is None)
+        ):
+            task.cancel()
+        if link.pipe is not None:
+            self._spawn(_close_quietly(link.pipe), self.closing)
+
+    # -- after a protocol switch ------------------------------------------------------------
+
+    def _start_splice(self, splice: Splice) -> dict[_Out, int]:
+        """Queue the bytes h11 already holds for each side (the relays read on after them)."""
+        link = self.links[splice.conn]
+        assert link.out is not None
+        self.spliced = link
+        flushes: dict[_Out, int] = {}
+        if splice.to_upstream:
+            flushes[link.out] = link.out.push(splice.to_upstream)
+        if splice.client_ended:
+            flushes[link.out] = link.out.push(None)
+        if splice.to_client:
+            flushes[self.client_out] = self.client_out.push(splice.to_client)
+        if splice.upstream_ended:
+            flushes[self.client_out] = self.client_out.push(None)
+        return flushes
+
+    async def _splice(self, splice: Splice) -> None:
+        """Wait until both directions of the splice have ended (WebSocket, CONNECT, h2c...):
+        the client's reader relays to the upstream, the upstream's reader to the client."""
+        link = self.links[splice.conn]
+        relays = [task for task in (self.client_task, link.task) if task is not None]
+        if splice.upstream_ended:  # nobody reads the upstream any more: just the last bytes
+            relays.append(self._spawn(_flush_or_raise(self.client_out), self.tasks))
+        done, _ = await asyncio.wait(relays, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if failed:
+            log.debug("spliced connection broke: %r", failed[0].exception())
+            if link.pipe is not None:
+                link.pipe.abort()
+            self.client.abort()
+        for task in relays:
+            task.cancel()
+        await asyncio.wait(relays)
+        for task in relays:
+            if not task.cancelled():
+                task.exception()  # seen (the first one is logged above)
+
 
 async def serve_http1(client: Pipe, first: bytes, decide: Decide, connect: Connect) -> None:
     """Route the requests of one HTTP/1.x client connection (see `router.route_http`)."""
-    await _Http1Router(client, decide, connect).serve(first)
+    await _Http1Shell(client, decide, connect).serve(first)
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _upstream_request(request: h11.Request) -> h11.Request:
-    headers: Headers = list(request.headers.raw_items())
-    if not any(name.lower() == b"host" for name, _ in headers):
-        # h11 only writes HTTP/1.1, which needs a Host header; an HTTP/1.0 request may have
-        # none. An empty one means "no authority" (RFC 9112, section 3.2).
-        headers.insert(0, (b"Host", b""))
-    return h11.Request(method=request.method, target=request.target, headers=headers)
-
-
-def _has_body(request: h11.Request) -> bool:
-    for name, value in request.headers.raw_items():
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            return True
-        if lower == b"content-length" and value.strip() != b"0":
-            return True
-    return False
-
-
-def _with_connection_close(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-    kept = [(n, v) for n, v in headers if n.lower() not in (b"connection", b"keep-alive")]
-    return [*kept, (b"Connection", b"close")]
-
-
-async def _settle(task: asyncio.Task[None]) -> None:
-    """Wait for a request-body task; a cancelled one is fine, an error (the client's) is
-    raised. Unlike `await task`, being cancelled ourselves is never mistaken for the task's
-    cancellation."""
-    await asyncio.wait({task})
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        raise exc
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    """Cancel a helper task and wait until it is over, whatever it ended with."""
-    task.cancel()
-    await asyncio.wait({task})
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.debug("helper task ended with %r", exc, exc_info=exc)
-
-
-async def _one_way(
-    read: Callable[[], Awaitable[bytes]], initial: bytes, eof: bool, destination: Pipe
+async def _relay_raw(
+    read: Callable[[], Awaitable[bytes]], out: _Out, data: bytes | None = None
 ) -> None:
-    if initial:
-        await destination.write(initial)
-    if not eof:
-        while data := await read():
-            await destination.write(data)
-    destination.write_eof()
+    """One direction of a splice: `data` (already read) and then whatever `read` gives, to
+    `out`, then a half-close. Raises OSError when either side breaks."""
+    while True:
+        if data is None:
+            data = await read()
+        if not data:
+            break
+        out.push(data)
+        await _flush_or_raise(out)
+        data = None
+    out.push(None)
+    await _flush_or_raise(out)
+
+
+async def _flush_or_raise(out: _Out) -> None:
+    error = await out.flush(out.pushed)
+    if error is not None:
+        raise error
+
+
+async def _close_quietly(pipe: Pipe) -> None:
+    with contextlib.suppress(OSError):
+        await pipe.close()
+
+
+async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait until `tasks` are over, whatever they ended with (errors logged, not raised)."""
+    if tasks:
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("helper task ended with %r", exc, exc_info=exc)

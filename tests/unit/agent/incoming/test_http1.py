@@ -1,11 +1,11 @@
-"""HTTP/1.x routing through real loopback servers: which server answers each request, and
-that the client sees ordinary HTTP (keep-alive, pipelining, bodies, upgrades, errors)."""
+"""HTTP/1.x routing end to end, through the asyncio shell and real loopback servers: which
+server answers, streaming with back-pressure, splicing, connection clean-up. The routing rules
+themselves (framing, 502s, retries, closing...) are byte tables in test_http1_core."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Hashable
 
 import h11
 import pytest
@@ -16,11 +16,9 @@ from tests.unit.agent.incoming.http_peers import (
     H1Client,
     H1Server,
     Router,
-    alice_filter,
     closed_port,
     read_pipelined,
 )
-from tether.agent.incoming.router import RequestHead
 
 ALICE = [("x-dev", "alice")]
 
@@ -75,21 +73,6 @@ async def test_pipelined_requests_answered_in_order(h1_router: Router) -> None:
     writer.close()
 
 
-async def test_chunked_request_and_response(h1_router: Router) -> None:
-    client = await H1Client.open(h1_router.port)
-    parts = [b"a" * 10, b"b" * 1000, b"c"]
-    reply = await client.request("POST", "/sha", ALICE, iter(parts))
-    digest = hashlib.sha256(b"".join(parts)).hexdigest()
-    assert reply.body == f"local 1011 {digest}".encode()
-    reply = await client.request("GET", "/chunked", ALICE)
-    assert reply.body == b"one two local"
-    assert reply.header("transfer-encoding") == "chunked"
-    assert reply.trailers == [(b"X-Trailer", b"local")]  # names keep their case
-    reply = await client.request("GET", "/chunked")
-    assert reply.body == b"one two original"
-    await client.close()
-
-
 async def test_large_bodies_are_streamed(h1_router: Router, h1_local: H1Server) -> None:
     client = await H1Client.open(h1_router.port)
     block = bytes(range(256)) * 4096  # 1 MiB
@@ -121,41 +104,6 @@ async def test_large_bodies_are_streamed(h1_router: Router, h1_local: H1Server) 
     await client.close()
 
 
-async def test_head_request(h1_router: Router) -> None:
-    client = await H1Client.open(h1_router.port)
-    reply = await client.request("HEAD", "/h", ALICE)
-    assert reply.status == 200
-    assert reply.server == "local"
-    assert reply.header("content-length") == str(len(b"local HEAD /h 0"))
-    assert reply.body == b""
-    reply = await client.request("GET", "/after")
-    assert reply.body == b"original GET /after 0"
-    await client.close()
-
-
-async def test_expect_100_continue(h1_router: Router) -> None:
-    client = await H1Client.open(h1_router.port)
-    body = b"x" * 5000
-    headers = [
-        ("Host", "x"),
-        ("Content-Length", str(len(body))),
-        ("Expect", "100-continue"),
-        *ALICE,
-    ]
-    await client.send(h11.Request(method="POST", target="/continue", headers=headers))
-    async with asyncio.timeout(5):
-        informational = await client.next_event()  # sent only once the app asked for it
-    assert isinstance(informational, h11.InformationalResponse)
-    assert informational.status_code == 100
-    await client.send(h11.Data(data=body), h11.EndOfMessage())
-    async with asyncio.timeout(5):
-        reply = await client.read_reply()
-    assert reply.body == b"local POST /continue 5000"
-    reply = await client.request("GET", "/next")
-    assert reply.server == "original"
-    await client.close()
-
-
 async def test_upgrade_splices_to_the_chosen_app(h1_router: Router) -> None:
     for dev, server in ((ALICE, "local"), ([], "original")):
         client = await H1Client.open(h1_router.port)
@@ -175,23 +123,6 @@ async def test_upgrade_splices_to_the_chosen_app(h1_router: Router) -> None:
         async with asyncio.timeout(5):
             assert await client.reader.read() == b""  # both directions ended
         await client.close()
-
-
-async def test_probes_stay_with_the_original_app(
-    h1_original: H1Server, h1_local: H1Server, make_router: MakeRouter
-) -> None:
-    probe = [("User-Agent", "kube-probe/1.30"), *ALICE]
-    ports = {None: h1_original.port, "local": h1_local.port}
-    router = await make_router(ports)
-    client = await H1Client.open(router.port)
-    assert (await client.request("GET", "/healthz", probe)).server == "original"
-    assert (await client.request("GET", "/healthz", ALICE)).server == "local"
-    await client.close()
-
-    router = await make_router(ports, [("local", alice_filter(steal_probes=True))])
-    client = await H1Client.open(router.port)
-    assert (await client.request("GET", "/healthz", probe)).server == "local"
-    await client.close()
 
 
 async def test_unreachable_local_app_gets_502_and_connection_goes_on(
@@ -224,45 +155,18 @@ async def test_malformed_request_gets_400_and_close(h1_router: Router) -> None:
     writer.close()
 
 
-async def test_body_delimited_by_close(h1_router: Router) -> None:
-    client = await H1Client.open(h1_router.port)
-    reply = await client.request("GET", "/eof", ALICE)
-    assert reply.body == b"until the end local"
-    assert reply.header("connection") == "close"
-    assert await client.at_eof()
-    await client.close()
-
-
-async def test_connection_close_from_the_app_closes_the_client(h1_router: Router) -> None:
-    client = await H1Client.open(h1_router.port)
-    reply = await client.request("GET", "/close")
-    assert reply.body == b"original GET /close 0"
-    assert await client.at_eof()
-    await client.close()
-
-
 async def test_kept_alive_upstream_closed_between_requests_is_reopened(
     h1_router: Router, h1_original: H1Server
 ) -> None:
     client = await H1Client.open(h1_router.port)
     assert (await client.request("GET", "/then-close")).server == "original"
     await h1_original.wait_all_closed()  # the app closed its idle keep-alive connection
-    await asyncio.sleep(0.05)
+    # Whether the router noticed the close before this request (it drops the connection) or
+    # only on sending it (it retries the bodyless request), the request gets a new one.
     reply = await client.request("GET", "/again")
     assert reply.body == b"original GET /again 0"
     assert h1_router.connects[None] == 2
     await client.close()
-
-
-async def test_http10_client(h1_router: Router, h1_local: H1Server) -> None:
-    reader, writer = await asyncio.open_connection(LOOPBACK, h1_router.port)
-    writer.write(b"GET /old HTTP/1.0\r\nx-dev: alice\r\n\r\n")
-    await writer.drain()
-    async with asyncio.timeout(5):
-        answer = await reader.read()
-    assert answer.startswith(b"HTTP/1.1 200 ")
-    assert answer.endswith(b"local GET /old 0")
-    writer.close()
 
 
 async def test_upstreams_closed_when_the_client_leaves(
@@ -293,15 +197,6 @@ async def test_connect_tunnel_goes_to_the_chosen_app(h1_router: Router) -> None:
     await client.close()
 
 
-async def test_app_closing_without_answer_gets_502(h1_router: Router) -> None:
-    client = await H1Client.open(h1_router.port)
-    reply = await client.request("GET", "/drop", ALICE)
-    assert reply.status == 502
-    assert b"did not answer" in reply.body
-    assert (await client.request("GET", "/ok", ALICE)).body == b"local GET /ok 0"
-    await client.close()
-
-
 async def test_app_dying_mid_response_cuts_the_client(h1_router: Router) -> None:
     client = await H1Client.open(h1_router.port)
     await client.send(
@@ -313,19 +208,3 @@ async def test_app_dying_mid_response_cuts_the_client(h1_router: Router) -> None
         with pytest.raises((h11.RemoteProtocolError, ConnectionError)):
             await client.next_event()  # the connection ends before the promised 100 bytes
     await client.close()
-
-
-async def test_failing_decide_routes_to_the_original_app(
-    h1_original: H1Server, h1_local: H1Server
-) -> None:
-    def decide(head: RequestHead) -> Hashable | None:
-        raise RuntimeError("broken filter")
-
-    router = Router(decide, {None: h1_original.port, "local": h1_local.port})
-    await router.start()
-    try:
-        client = await H1Client.open(router.port)
-        assert (await client.request("GET", "/x", ALICE)).server == "original"
-        await client.close()
-    finally:
-        await router.close()
