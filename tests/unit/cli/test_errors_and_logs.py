@@ -8,10 +8,10 @@ import pytest
 from tether.cli.logs import route_logs
 from tether.cli.main import run_async
 from tether.config.errors import ConfigError
+from tether.config.ports import PortSpecError
 from tether.errors import UserError
 from tether.kube.errors import KubeError
 from tether.local.proxies.forward import ForwardSpecError
-from tether.local.proxies.incoming import PortSpecError
 from tether.local.session.progress import Progress
 from tether.local.session.session import SessionError
 from tether.tunnel import RemoteOpError, TunnelClosedError

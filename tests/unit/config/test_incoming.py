@@ -5,10 +5,10 @@ from typing import Literal
 
 import pytest
 
-from tether.cli.main import _INCOMING_KEYS, apply_incoming
 from tether.config import ConfigError, TetherConfig, validate_config
+from tether.config.flags import INCOMING_KEYS, apply_incoming
 from tether.config.models import IncomingConfig
-from tether.local.proxies.incoming import PortSpec, PortSpecError, parse_port_spec
+from tether.config.ports import PortSpec, PortSpecError, parse_port_spec
 
 
 def test_defaults_receive_nothing() -> None:
@@ -74,8 +74,8 @@ def test_filter_wire_form() -> None:
 
 
 def _flags(**given: object) -> dict[str, object]:
-    return {key: given.get(key) for key in _INCOMING_KEYS} | {
-        k: v for k, v in given.items() if k not in _INCOMING_KEYS
+    return {key: given.get(key) for key in INCOMING_KEYS} | {
+        k: v for k, v in given.items() if k not in INCOMING_KEYS
     }
 
 
