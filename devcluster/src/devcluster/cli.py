@@ -1,4 +1,4 @@
-"""`devcluster up | down | status | images | env | preflight | prepare`."""
+"""`devcluster up | down | status | restart | images | env | preflight | prepare`."""
 
 import json
 import logging
@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from devcluster import cluster, images, install, layout
+from devcluster import restart as restart_plan
 from devcluster.errors import DevclusterError
 
 
@@ -84,6 +85,36 @@ def status(output: str) -> None:
             state = "healthy" if s.healthy else ("running, unhealthy" if s.pid else "stopped")
             click.echo(f"{s.name:<24} {state:<20} {'pid ' + str(s.pid) if s.pid else ''}")
     sys.exit(0 if all(s.healthy for s in st) else 1)
+
+
+@main.command()
+@click.argument("component")
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the component to be ready again.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL (0: kill at once).",
+)
+def restart(component: str, timeout: float, grace: float) -> None:
+    """Stop one component (SIGTERM, then SIGKILL), cutting every connection through it, start
+    it again as `up` does and wait until it is ready: apiserver, kubelet, containerd, etcd,
+    scheduler, controller-manager or kube-proxy. Running containers survive."""
+
+    def go() -> None:
+        restart_plan.choose(component)  # an unknown name fails before the root check
+        _require_root()
+        done = cluster.restart(component, timeout=timeout, grace=grace)
+        click.echo(restart_plan.summary(done.name, done.down, done.ready), err=True)
+
+    _guard(go)
 
 
 @main.command("images")

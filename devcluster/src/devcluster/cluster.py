@@ -7,7 +7,6 @@ starts again on the same etcd data, certificates and imported images.
 """
 
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -21,8 +20,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devcluster import build, components, images, install, layout, network, pki
+from devcluster import restart as plan
 from devcluster.errors import DevclusterError
 from devcluster.procs import Daemon, file_lock, pids_of_exe
 from devcluster.shell import run
@@ -55,17 +56,7 @@ def daemons() -> list[Daemon]:
 
 
 def _component(name: str) -> components.Component:
-    factories: dict[str, Callable[[], components.Component]] = {
-        "etcd": components.etcd,
-        "containerd": components.containerd,
-        "kube-apiserver": components.apiserver,
-        "kube-controller-manager": components.controller_manager,
-        "kube-scheduler": components.scheduler,
-        "kubelet": components.kubelet,
-        "kube-proxy": components.kube_proxy,
-        "cluster-dns": lambda: components.dns(sys.executable),
-    }
-    return factories[name]()
+    return components.for_daemon(name, sys.executable)
 
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, daemon: Daemon | None) -> None:
@@ -108,7 +99,11 @@ def _etcd_healthy() -> bool:
 
 
 def _containerd_healthy() -> bool:
-    proc = subprocess.run(["ctr", "--timeout", "2s", "version"], capture_output=True, check=False)
+    argv = ["ctr", "--address", str(layout.CONTAINERD_SOCK), "--timeout", "2s", "version"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, check=False, timeout=10)
+    except subprocess.TimeoutExpired:
+        return False
     return proc.returncode == 0
 
 
@@ -116,22 +111,11 @@ def _apiserver_healthy() -> bool:
     return api_get("/readyz")[0] == 200
 
 
-def _rfc3339(text: str) -> float:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def node_ready(since: float | None = None) -> bool:
     """Whether the node is registered and Ready, reported by a kubelet heartbeat at or after
     `since` (a Ready condition left in etcd by a killed kubelet says nothing)."""
     status, body = api_get(f"/api/v1/nodes/{layout.NODE_NAME}")
-    if status != 200:
-        return False
-    conditions = json.loads(body).get("status", {}).get("conditions", [])
-    for c in conditions:
-        if c.get("type") == "Ready" and c.get("status") == "True":
-            beat = c.get("lastHeartbeatTime")
-            return since is None or (beat is not None and _rfc3339(beat) >= since)
-    return False
+    return status == 200 and plan.node_ready(json.loads(body), since)
 
 
 def stale_pods(since: float) -> list[str]:
@@ -149,7 +133,7 @@ def stale_pods(since: float) -> list[str]:
         fresh = bool(statuses) and all(
             cs.get("ready")
             and "running" in cs.get("state", {})
-            and _rfc3339(cs["state"]["running"]["startedAt"]) >= since
+            and plan.timestamp(cs["state"]["running"]["startedAt"]) >= since
             for cs in statuses
         )
         if not fresh:
@@ -468,3 +452,170 @@ def leftovers() -> dict[str, list[str]]:
         "chains": network.leftover_chains(),
         "routes": [str(layout.GUARD_NET)] if network.route_present() else [],
     }
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=2.0) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def _loopback_tls() -> ssl.SSLContext:
+    # The scheduler and controller-manager serve healthz with a self-signed certificate they
+    # make at start-up; the probe sends nothing secret to a loopback port, so skip verification.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _node_lease_renewed(since: float) -> bool:
+    lease = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{layout.NODE_NAME}"
+    status, body = api_get(lease)
+    return status == 200 and plan.lease_renewed(json.loads(body), layout.NODE_NAME, since)
+
+
+def _kubelet_reaches_runtime() -> bool:
+    # The summary's CPU and memory come from CRI calls made for this request (no cache), so a
+    # 200 means the kubelet's connection to containerd works again.
+    path = f"/api/v1/nodes/{layout.NODE_NAME}/proxy/stats/summary?only_cpu_and_memory=true"
+    return api_get(path)[0] == 200
+
+
+def _node_pods() -> list[dict[str, Any]] | None:
+    """The pods bound to the node, as the API server has them; None if it does not answer."""
+    status, body = api_get(f"/api/v1/pods?fieldSelector=spec.nodeName%3D{layout.NODE_NAME}")
+    return list(json.loads(body).get("items") or []) if status == 200 else None
+
+
+def _pods_back(before: set[str], since: float, shown: list[str]) -> bool:
+    pods = _node_pods()
+    # The kubelet's own /pods: the pods its sync loop has admitted.
+    status, body = api_get(f"/api/v1/nodes/{layout.NODE_NAME}/proxy/pods")
+    if pods is None or status != 200:
+        return False
+    admitted = {p["metadata"]["uid"] for p in json.loads(body).get("items") or []}
+    waiting = plan.pods_not_back(before, pods, admitted, since, time.time())
+    if waiting and waiting != shown:
+        log.debug("pods not back yet: %s", ", ".join(waiting))
+    shown[:] = waiting
+    return not waiting
+
+
+def _probes(since: float, ready_before: set[str]) -> dict[plan.Check, Callable[[], bool]]:
+    """Every readiness probe; `since` is when the new process was started (epoch s), and
+    `ready_before` the UIDs of the pods that were Ready before the restart."""
+    local = "127.0.0.1"
+    shown: list[str] = []
+    return {
+        plan.Check.ETCD_HEALTH: _etcd_healthy,
+        plan.Check.APISERVER_READYZ: _apiserver_healthy,
+        plan.Check.CONTAINERD_VERSION: _containerd_healthy,
+        plan.Check.KUBELET_HEALTHZ: lambda: _http_ok(
+            f"http://{local}:{layout.KUBELET_HEALTHZ_PORT}/healthz"
+        ),
+        plan.Check.NODE_LEASE_RENEWED: lambda: _node_lease_renewed(since),
+        plan.Check.NODE_READY_REPORTED: lambda: node_ready(since),
+        plan.Check.PODS_READY: lambda: _pods_back(ready_before, since, shown),
+        plan.Check.KUBELET_RUNTIME: _kubelet_reaches_runtime,
+        plan.Check.NODE_READY: node_ready,
+        plan.Check.SCHEDULER_HEALTHZ: lambda: _http_ok(
+            f"https://{local}:{layout.SCHEDULER_PORT}/healthz", _loopback_tls()
+        ),
+        plan.Check.CONTROLLER_MANAGER_HEALTHZ: lambda: _http_ok(
+            f"https://{local}:{layout.CONTROLLER_MANAGER_PORT}/healthz", _loopback_tls()
+        ),
+        plan.Check.KUBE_PROXY_HEALTHZ: lambda: _http_ok(
+            f"http://{local}:{layout.KUBE_PROXY_HEALTHZ_PORT}/healthz"
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """What `restart` did: `down` is SIGTERM until the new process was started, `ready` that
+    start until every readiness check passed (seconds)."""
+
+    name: str
+    old_pid: int
+    pid: int
+    down: float
+    ready: float
+
+
+def restart(word: str, timeout: float = 120.0, grace: float = 10.0) -> Restarted:
+    """Restart one running component as a real cluster would see it die and come back: SIGTERM
+    (SIGKILL after `grace` s), start it again exactly as `up` does (command line, environment,
+    log, PID file), and wait up to `timeout` s until its readiness checks pass."""
+    target = plan.choose(word)
+    if timeout <= 0 or grace < 0:
+        raise DevclusterError("--timeout must be positive and --grace not negative")
+    # Under the up/down lock: an `up` meanwhile would find the cluster unhealthy and restart all.
+    with _exclusive():
+        return _restart(target, timeout, grace)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def _restart(target: plan.Target, timeout: float, grace: float) -> Restarted:
+    daemon = Daemon(target.daemon)
+    old = daemon.pid()
+    if old is None:
+        raise DevclusterError(f"{target.daemon} is not running: start the cluster with `up`")
+    comp = _component(target.daemon)
+    running = _cmdline(old)
+    if running is not None and running != comp.argv:
+        # An older devcluster started it: the restart uses what `up` would use now.
+        log.warning("%s ran with another command line; restarting it with up's", target.daemon)
+    shims = set(_shim_pids()) if target.daemon in plan.KEEP_CONTAINERS else set()
+    ready_before = (
+        plan.ready_pods(_node_pods() or []) if plan.Check.PODS_READY in target.checks else set()
+    )
+
+    t0 = time.monotonic()
+    daemon.stop(timeout=grace)
+    log.debug("stopped %s (pid %d) in %.1f s", target.daemon, old, time.monotonic() - t0)
+    since = time.time()
+    try:
+        _write_files(comp)
+        pid = daemon.start(comp.argv)
+    except OSError as exc:
+        raise DevclusterError(f"{target.daemon} stopped but cannot start again: {exc}") from exc
+    t1 = time.monotonic()
+    log.debug("started %s (pid %d)", target.daemon, pid)
+
+    probes = _probes(since, ready_before)
+    deadline = t1 + timeout
+    waiting_for = None
+    while (pending := plan.first_pending(target.checks, lambda c: probes[c]())) is not None:
+        if pending != waiting_for:
+            log.debug("%.1f s: waiting for %s", time.monotonic() - t1, pending.value)
+            waiting_for = pending
+        if daemon.pid() is None:
+            raise DevclusterError(f"{target.daemon} exited: {daemon.log_tail()} ({daemon.logfile})")
+        if time.monotonic() >= deadline:
+            raise DevclusterError(
+                f"{target.name} restarted but not ready after {timeout:g} s: waiting for "
+                f"{pending.value} (see {daemon.logfile})"
+            )
+        time.sleep(0.2)
+    t2 = time.monotonic()
+
+    if target.daemon in plan.TOUCH_IPTABLES and not network.guards_first():
+        network.install_guards()
+    lost = sorted(shims - set(_shim_pids()))
+    if lost:
+        # Shims hold the containers; one gone means its pod's containers died with the restart.
+        raise DevclusterError(
+            f"{target.name} restart ended {len(lost)} of {len(shims)} container shims "
+            f"(pids {', '.join(map(str, lost))}): containers did not survive it"
+        )
+    return Restarted(target.name, old, pid, down=t1 - t0, ready=t2 - t1)

@@ -4,6 +4,7 @@ The flags are the ones that mattered for v1.20 on these machines; see shared/not
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,8 @@ def kubelet_config() -> dict[str, Any]:
         "kind": "KubeletConfiguration",
         "address": str(layout.NODE_IP),
         "healthzBindAddress": "127.0.0.1",
+        # Explicit (it is the default): `devcluster restart kubelet` probes this port.
+        "healthzPort": layout.KUBELET_HEALTHZ_PORT,
         "readOnlyPort": 0,
         "authentication": {
             "anonymous": {"enabled": False},
@@ -262,7 +265,7 @@ def kube_proxy_config() -> dict[str, Any]:
         "bindAddress": str(layout.NODE_IP),
         "nodePortAddresses": [f"{layout.NODE_IP}/32"],
         "metricsBindAddress": "127.0.0.1:10249",
-        "healthzBindAddress": "127.0.0.1:10256",
+        "healthzBindAddress": f"127.0.0.1:{layout.KUBE_PROXY_HEALTHZ_PORT}",
         # The VM forbids changing the host's conntrack sysctls: zero means "don't touch".
         "conntrack": {
             "maxPerCore": 0,
@@ -298,3 +301,23 @@ def dns(python: str) -> Component:
         ],
         {},
     )
+
+
+def for_daemon(name: str, python: str) -> Component:
+    """The component `up` starts under the daemon name `name` (see cluster.ORDER); `restart`
+    starts exactly this too. `python` runs the cluster DNS server."""
+    factories: dict[str, Callable[[], Component]] = {
+        "etcd": etcd,
+        "containerd": containerd,
+        "kube-apiserver": apiserver,
+        "kube-controller-manager": controller_manager,
+        "kube-scheduler": scheduler,
+        "kubelet": kubelet,
+        "kube-proxy": kube_proxy,
+        "cluster-dns": lambda: dns(python),
+    }
+    try:
+        factory = factories[name]
+    except KeyError:
+        raise ValueError(f"no component named {name!r}") from None
+    return factory()

@@ -54,6 +54,11 @@ CNI_NETWORK = "tdc-pods"
 
 API_PORT = 6443
 ETCD_PORT = 2379
+# Health endpoints on loopback (the scheduler's and controller-manager's are their defaults).
+KUBELET_HEALTHZ_PORT = 10248
+KUBE_PROXY_HEALTHZ_PORT = 10256
+SCHEDULER_PORT = 10259
+CONTROLLER_MANAGER_PORT = 10257
 # The node's DNS server listens on this port; the kube-dns Service maps port 53 onto it.
 DNS_PORT = 53
 

@@ -132,6 +132,25 @@ def install_guards() -> None:
         run(["iptables", "-t", table, "-I", hook, "1", "-j", chain])
 
 
+def first_jump(rules: str, hook: str) -> str | None:
+    """The target of the first rule of chain `hook` in `iptables -S` output, if any."""
+    for line in rules.splitlines():
+        parts = shlex.split(line)  # comments are quoted and may hold spaces
+        if parts[:2] == ["-A", hook]:
+            target = parts.index("-j") + 1 if "-j" in parts else len(parts)
+            return parts[target] if target < len(parts) else None
+    return None
+
+
+def guards_first() -> bool:
+    """Whether every guard chain is still the first rule of its built-in chain."""
+    for (table, chain), hook in _HOOKS.items():
+        rules = run(["iptables", "-t", table, "-S", hook], check=False).stdout.decode()
+        if first_jump(rules, hook) != chain:
+            return False
+    return True
+
+
 def _chains(table: str) -> list[str]:
     text = run(["iptables-save", "-t", table], check=False).stdout.decode()
     return [line[1:].split()[0] for line in text.splitlines() if line.startswith(":")]
