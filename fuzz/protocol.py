@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["tether"]):
         StreamOpened,
         StreamReset,
     )
-    from tether.protocol.errors import StreamStateError
+    from tether.protocol.errors import LocalProtocolError
     from tether.protocol.frames import HEADER, MAX_PAYLOAD, FrameType, encode
 
 SECRET = b"s" * 32
@@ -266,7 +266,7 @@ class Session:
                 conn.ping(op[2])
             else:
                 conn.close("the fuzzer is done")
-        except StreamStateError:
+        except LocalProtocolError:
             return  # the op does not fit the stream's state: a caller error, refused
         self.settle()
 
@@ -314,7 +314,7 @@ class Session:
             return
         try:
             self._react(conn, side, event)
-        except ProtocolError:
+        except (ProtocolError, LocalProtocolError):
             # Only a damaged session may confuse an application into a refused call.
             if self.damage is None:
                 raise

@@ -330,7 +330,8 @@ def _agent_jobs() -> set[str]:
 
 
 def test_sigkilled_client_leaves_an_agent_that_exits_by_itself(tmp_path: Path) -> None:
-    (tmp_path / "tether.toml").write_text("[agent]\nidle_timeout = 3\n")
+    # The agent holds a vanished client's session for its reconnect_timeout, then idles.
+    (tmp_path / "tether.toml").write_text("[agent]\nidle_timeout = 3\nreconnect_timeout = 3\n")
     port = free_port()
     jobs_before = _agent_jobs()
     proc = subprocess.Popen(

@@ -377,7 +377,11 @@ def test_two_filtered_sessions_share_the_target_and_an_unfiltered_steal_is_refus
 def test_kill_9_of_the_local_side_gives_the_pod_back(tmp_path: Path) -> None:
     pod = frontend_pod()
     config = tmp_path / "tether.toml"
-    config.write_text("[agent]\nidle_timeout = 3\nttl_seconds_after_finished = 0\n")
+    # The agent holds the vanished session (its rules let everything through to the pod)
+    # for reconnect_timeout, in case it comes back; then the rules go.
+    config.write_text(
+        "[agent]\nidle_timeout = 3\nttl_seconds_after_finished = 0\nreconnect_timeout = 3\n"
+    )
     with LocalApp("doomed") as app:
         t = Tether(
             "port-forward", *FRONTEND, "-f", str(config), "-R", f"8080:{app.port}", "--steal"
@@ -394,7 +398,7 @@ def test_kill_9_of_the_local_side_gives_the_pod_back(tmp_path: Path) -> None:
         assert time.monotonic() - killed <= 5
         for i in range(20):
             assert fresh_get(f"/k/{i}")["pod"] == pod
-        wait_until(lambda: not tether_chains(), 5, "tether chains gone")
+        wait_until(lambda: not tether_chains(), 3 + 5, "tether chains gone")
     # The agent exits after its idle timeout and Kubernetes removes its finished Job.
     assert wait_no_agent_objects("shop", within=60) == (0, 0)
 

@@ -9,6 +9,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -20,7 +21,7 @@ from tether.agent.netns import NetnsExecutor
 from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, host_network_refusal
-from tether.protocol import Connection, RemoteError, Role
+from tether.protocol import Connection, LocalProtocolError, RemoteError, ResumeRequested, Role
 from tether.protocol.launch import ready_line
 from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
 from tether.tunnel.datagrams import relay_datagrams
@@ -29,6 +30,11 @@ log = logging.getLogger("tether.agent")
 
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 5.0
+# The longest a disconnected session is held for its resume, whatever the client asks.
+MAX_RESUME_GRACE = 900.0
+# A client pings every few seconds (local/session); this long without a byte from it means
+# its transport is dead even if the port-forward's socket never says so (a stopped laptop).
+SILENCE_LIMIT = 12.0
 
 
 class Agent:
@@ -57,6 +63,9 @@ class Agent:
             else None
         )
         self.sessions: set[Tunnel] = set()
+        # Every session by its resume token, for the client that comes back on a new
+        # transport.
+        self._by_token: dict[bytes, Tunnel] = {}
         self._leaving: set[Tunnel] = set()
         self._session_keys = itertools.count(1)
         # Set when the last session said goodbye: no new session may join an agent that is
@@ -151,38 +160,107 @@ class Agent:
         if self._exiting:
             writer.close()
             return
+        token = secrets.token_bytes(16)
         conn = Connection(
-            Role.AGENT, secret=self.secret, version=__version__, info={"pid": self.target.pid}
+            Role.AGENT,
+            secret=self.secret,
+            version=__version__,
+            info={"pid": self.target.pid},
+            resume_token=token,
         )
         ops = Operations(self.target, self.resolver, self.incoming)
         tunnel = Tunnel(
             conn, StreamTransport(reader, writer), on_request=ops, on_stream=self._stream
         )
-        ref = SessionRef(tunnel, next(self._session_keys))
-        ops.session = ref
-        ops.on_leave = lambda: self._leave(tunnel)
         try:
-            await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
+            hello = await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
         except TunnelClosedError as exc:
             log.warning("dropped a connection: %s", exc)
+            return
+        if isinstance(hello, ResumeRequested):
+            await self._resume(tunnel, hello)
             return
         if self._exiting:
             # The last session said goodbye while this one shook hands: its agent is going.
             await tunnel.close("agent exiting")
             return
+        ref = SessionRef(tunnel, next(self._session_keys))
+        ops.session = ref
+        ops.on_leave = lambda: self._leave(tunnel)
+        grace = resume_grace(hello.info.get("resume_grace"))
         self.sessions.add(tunnel)
+        self._by_token[token] = tunnel
         log.info("session connected (tether %s); %d active", conn.peer_version, len(self.sessions))
         try:
-            why = await tunnel.wait_closed()
+            why = await self._hold(tunnel, ref, grace)
             log.info("session ended: %s", why or "closed")
         finally:
             ops.close()
             if self.incoming is not None:
                 await self.incoming.drop_session(ref)
             self.sessions.discard(tunnel)
+            self._by_token.pop(token, None)
             self._leaving.discard(tunnel)
             if not self.sessions:
                 self._idle_since = self._clock()
+
+    async def _hold(self, tunnel: Tunnel, ref: SessionRef, grace: float) -> BaseException | None:
+        """Run a session until it ends, through any number of lost transports: each time,
+        its incoming traffic goes back to the pod and the session waits up to `grace`
+        seconds for its client to resume it."""
+        while True:
+            watchdog = asyncio.ensure_future(self._watch_silence(tunnel))
+            try:
+                await tunnel.wait_interrupted()
+            finally:
+                watchdog.cancel()
+            if tunnel.closed:
+                return tunnel.closed_because
+            if grace <= 0 or tunnel in self._leaving:
+                tunnel.abandon(tunnel.lost_because or TunnelClosedError("transport lost"))
+                return tunnel.closed_because
+            log.info(
+                "session lost its connection (%s); holding it %.0f s for a resume",
+                tunnel.lost_because,
+                grace,
+            )
+            if self.incoming is not None:
+                self.incoming.suspend_session(ref)
+            if not await tunnel.wait_connected(grace):
+                tunnel.abandon(TunnelClosedError(f"not resumed within {grace:.0f} s"))
+                return tunnel.closed_because
+            log.info("session resumed")
+            if self.incoming is not None:
+                self.incoming.resume_session(ref)
+
+    async def _watch_silence(self, tunnel: Tunnel) -> None:
+        # The client pings often; long silence means a transport that died without a word.
+        while True:
+            quiet = self._clock() - tunnel.last_received
+            if quiet >= SILENCE_LIMIT:
+                tunnel.transport_failed(TimeoutError(f"nothing from the client for {quiet:.0f} s"))
+                return
+            await asyncio.sleep(min(self._tick, SILENCE_LIMIT - quiet))
+
+    async def _resume(self, fresh: Tunnel, asked: ResumeRequested) -> None:
+        session = self._by_token.get(asked.token)
+        if session is None or session.closed:
+            log.info("refused a resume of an unknown session")
+            await fresh.refuse(
+                "resume", "the agent no longer holds this session (it expired or was ended)"
+            )
+            return
+        transport = fresh.hand_over()
+        if not session.suspended:
+            # The client noticed the cut before we did: this transport replaces the old.
+            session.transport_failed(TunnelClosedError("the client came back on a new one"))
+        try:
+            session.adopt(transport, asked.received)
+        except LocalProtocolError as exc:
+            log.warning("refused a resume: %s", exc)
+            await fresh.refuse("resume", f"the session cannot be resumed: {exc}")
+            return
+        log.info("session resumed on a new connection (tether %s)", asked.peer_version)
 
     async def _stream(self, stream: TunnelStream) -> None:
         if stream.kind not in ("tcp", "udp"):
@@ -220,3 +298,11 @@ class Agent:
         addresses = await self.resolver.resolve(host, socket.AF_UNSPEC)
         v4 = [a for a in addresses if ":" not in a]
         return (v4 or addresses)[0]
+
+
+def resume_grace(asked: object) -> float:
+    """How long to hold a disconnected session: what its client asked for, within bounds
+    (an old or odd client gets none)."""
+    if isinstance(asked, bool) or not isinstance(asked, int | float):
+        return 0.0
+    return max(0.0, min(float(asked), MAX_RESUME_GRACE))

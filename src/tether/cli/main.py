@@ -110,6 +110,14 @@ def target_options(fn: F) -> F:
         click.option("--kubeconfig", help="kubeconfig file."),
         click.option("--agent-image", help="Agent image (config: agent.image)."),
         click.option("--agent-namespace", help="Namespace for the agent Job."),
+        click.option(
+            "--reconnect-timeout",
+            "agent_reconnect_timeout",
+            type=float,
+            metavar="SECONDS",
+            help="How long to try to reconnect a dropped connection to the agent before the "
+            "session ends (config: agent.reconnect_timeout; 0: never).",
+        ),
         click.option("-q", "--quiet", is_flag=True, help="No progress output."),
         click.option("-v", "--verbose", is_flag=True, help="More progress output."),
     ]

@@ -51,6 +51,14 @@ class AgentConfig(BaseModel):
         ge=0,
         description="Seconds Kubernetes keeps the finished agent Job before deleting it.",
     )
+    reconnect_timeout: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds a session tries to reconnect to its agent after the connection "
+        "drops (the API server or kubelet restarted, the network changed) before it ends; the "
+        "agent holds the session, its streams and the program's connections that long. "
+        "0: no reconnect.",
+    )
     max_lifetime: int = Field(
         default=86400,
         ge=60,

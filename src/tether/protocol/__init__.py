@@ -7,8 +7,16 @@ plain byte strings, and the agent and the local proxy are thin I/O shells around
 """
 
 from tether.protocol.connection import Connection, Role
-from tether.protocol.errors import FlowControlError, HandshakeError, ProtocolError
+from tether.protocol.errors import (
+    CreditError,
+    FlowControlError,
+    HandshakeError,
+    LocalProtocolError,
+    ProtocolError,
+    StreamStateError,
+)
 from tether.protocol.events import (
+    BufferRoom,
     ConnectionTerminated,
     DataReceived,
     Event,
@@ -19,6 +27,8 @@ from tether.protocol.events import (
     RemoteError,
     RequestReceived,
     ResponseReceived,
+    Resumed,
+    ResumeRequested,
     StreamAccepted,
     StreamEnded,
     StreamOpened,
@@ -30,24 +40,30 @@ from tether.protocol.frames import MAX_PAYLOAD, PROTOCOL_VERSION
 __all__ = [
     "MAX_PAYLOAD",
     "PROTOCOL_VERSION",
+    "BufferRoom",
     "Connection",
     "ConnectionTerminated",
+    "CreditError",
     "DataReceived",
     "Event",
     "FlowControlError",
     "HandshakeError",
     "HandshakeRejected",
     "Handshaken",
+    "LocalProtocolError",
     "PingReceived",
     "PongReceived",
     "ProtocolError",
     "RemoteError",
     "RequestReceived",
     "ResponseReceived",
+    "ResumeRequested",
+    "Resumed",
     "Role",
     "StreamAccepted",
     "StreamEnded",
     "StreamOpened",
     "StreamReset",
+    "StreamStateError",
     "WindowUpdated",
 ]

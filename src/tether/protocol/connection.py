@@ -1,5 +1,17 @@
-"""The connection state machine: handshake, requests, and flow-controlled streams."""
+"""The connection state machine: handshake, requests, flow-controlled streams, and resuming
+a session over a new transport.
 
+Resuming: every frame after the handshake except ACK, PING and PONG is *sequenced*: each end
+counts the sequenced bytes it sent and received, keeps what it sent until the peer
+acknowledges it (ACK frames, every ACK_EVERY bytes and at each ping), and after a cut the
+client's RESUME and the agent's RESUMED each say how much was received, so each end sends
+again exactly what the other missed. Every request, answer and stream byte is thus delivered
+once and in order across any number of cuts. What waits for acknowledgement is bounded by
+RETRANSMIT_LIMIT: past it `send_credit` gives no more (back-pressure to the application, never
+a dropped byte), and `BufferRoom` says when there is room again.
+"""
+
+import collections
 import enum
 import hmac
 import struct
@@ -8,12 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.protocol.errors import (
+    CreditError,
     FlowControlError,
     HandshakeError,
+    LocalProtocolError,
     ProtocolError,
     StreamStateError,
 )
 from tether.protocol.events import (
+    BufferRoom,
     ConnectionTerminated,
     DataReceived,
     Event,
@@ -24,6 +39,8 @@ from tether.protocol.events import (
     RemoteError,
     RequestReceived,
     ResponseReceived,
+    Resumed,
+    ResumeRequested,
     StreamAccepted,
     StreamEnded,
     StreamOpened,
@@ -45,8 +62,18 @@ from tether.protocol.frames import (
 DEFAULT_WINDOW = 4 * 1024 * 1024
 MAX_STREAMS = 4096
 MAX_PENDING_REQUESTS = 4096
+# Sequenced bytes received before we acknowledge them: small against the retransmit limit,
+# large enough that ACKs cost nothing next to the data (one 17-byte frame per 256 KiB).
+ACK_EVERY = 256 * 1024
+# What one end holds for the peer until it is acknowledged (sent or queued). Each stream's
+# share is bounded by its window already; this bounds them together.
+RETRANSMIT_LIMIT = 64 * 1024 * 1024
 _U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
 _MAX_ID = 0xFFFFFFFF
+# Per-transport frames: not counted, not kept for a resume (a ping belongs to the pipe it
+# tests; an ACK is re-derived on the next pipe).
+_UNSEQUENCED = frozenset({FrameType.ACK, FrameType.PING, FrameType.PONG})
 
 
 class Role(enum.Enum):
@@ -61,6 +88,11 @@ class _State(enum.Enum):
     HANDSHAKING = 1
     OPEN = 2
     CLOSED = 3
+    SUSPENDED = 4  # the transport is gone; sequenced frames wait for a resume
+    RESUMING = 5  # client: RESUME sent, waiting for RESUMED
+
+
+_SENDING = frozenset({_State.OPEN, _State.SUSPENDED, _State.RESUMING})
 
 
 @dataclass(slots=True)
@@ -107,7 +139,11 @@ class Connection:
         version: str,
         window: int = DEFAULT_WINDOW,
         info: dict[str, Any] | None = None,
+        resume_token: bytes | None = None,
+        retransmit_limit: int = RETRANSMIT_LIMIT,
     ) -> None:
+        """`info` travels in our HELLO (client) or WELCOME (agent). An agent given a
+        `resume_token` offers resuming: the client gets the token in the WELCOME."""
         if not 0 < window <= _MAX_ID:
             raise ValueError("window out of range")
         self.role = role
@@ -117,7 +153,18 @@ class Connection:
         self._window = window
         self._ack_threshold = max(1, window // 4)
         self._decoder = FrameDecoder()
-        self._out: list[bytes] = []
+        self._out: list[bytes] = []  # sequenced frames not yet handed out
+        self._ctl: list[bytes] = []  # unsequenced frames not yet handed out
+        self.resume_token = resume_token
+        self._retransmit_limit = retransmit_limit
+        self._sent = 0  # sequenced bytes handed out by data_to_send
+        self._peer_acked = 0  # of those, acknowledged by the peer
+        self._unacked: collections.deque[bytes] = collections.deque()
+        self._unacked_start = 0  # the offset of _unacked[0]
+        self._queued = 0  # payload bytes of DATA in _out
+        self._starved = False  # send_credit was cut by the retransmit limit
+        self._received = 0  # sequenced bytes received in complete frames
+        self._told = 0  # the last count we acknowledged
         self._state = _State.IDLE
         self._streams: dict[int, _Stream] = {}
         self._next_stream = 1 if role is Role.CLIENT else 2
@@ -138,6 +185,7 @@ class Connection:
             FrameType.PING: self._on_ping,
             FrameType.PONG: self._on_pong,
             FrameType.GOAWAY: self._on_goaway,
+            FrameType.ACK: self._on_ack,
         }
 
     # -- state -------------------------------------------------------------------------------
@@ -153,6 +201,22 @@ class Connection:
         return self._state is _State.CLOSED
 
     @property
+    def suspended(self) -> bool:
+        """Whether the connection waits for a resume (between `transport_lost` and the
+        RESUMED / `accept_resume`)."""
+        return self._state in (_State.SUSPENDED, _State.RESUMING)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a lost transport can be replaced: the handshake gave a resume token."""
+        return self.resume_token is not None
+
+    @property
+    def unacknowledged(self) -> int:
+        """Sequenced bytes sent or queued that the peer has not acknowledged yet."""
+        return self._sent - self._peer_acked + self._queued
+
+    @property
     def buffered(self) -> int:
         """Bytes held by the decoder for a partial frame (bounded by one frame)."""
         return self._decoder.buffered
@@ -164,14 +228,29 @@ class Connection:
     @property
     def wants_write(self) -> bool:
         """Whether `data_to_send` has anything (cheap; lets a shell skip needless wake-ups)."""
-        return bool(self._out)
+        if self._ctl:
+            return True
+        return bool(self._out) and not self.suspended
 
     def data_to_send(self) -> bytes:
-        """Everything queued for the peer since the last call."""
-        if not self._out:
-            return b""
-        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-        self._out.clear()
+        """Everything queued for the peer since the last call (while suspended, only the
+        resume handshake: the sequenced frames wait for the new transport)."""
+        out = self._out
+        if not out or self._state is _State.SUSPENDED or self._state is _State.RESUMING:
+            if not self._ctl:
+                return b""
+            data = b"".join(self._ctl)
+            self._ctl.clear()
+            return data
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._queued = 0
+        # Kept until acknowledged: a cut may lose any of it.
+        self._unacked.append(data)
+        self._sent += len(data)
+        if self._ctl:
+            data = b"".join(self._ctl) + data
+            self._ctl.clear()
         return data
 
     # -- handshake ---------------------------------------------------------------------------
@@ -179,15 +258,18 @@ class Connection:
     def initiate(self) -> None:
         """Client: queue the HELLO that carries our version and the session secret."""
         if self.role is not Role.CLIENT or self._state is not _State.IDLE:
-            raise ProtocolError("only a fresh client connection initiates")
-        hello = {"v": PROTOCOL_VERSION, "secret": self._secret, "version": self._version}
-        self._out.append(encode(FrameType.HELLO, 0, pack(hello)))
+            raise LocalProtocolError("only a fresh client connection initiates")
+        hello = {
+            "v": PROTOCOL_VERSION,
+            "secret": self._secret,
+            "version": self._version,
+            "info": self._info,
+        }
+        self._ctl.append(encode(FrameType.HELLO, 0, pack(hello)))
         self._state = _State.HANDSHAKING
 
-    def _on_hello(self, frame: Frame) -> Event:
-        if self.role is not Role.AGENT:
-            raise ProtocolError("HELLO sent to a client")
-        msg = unpack_map(frame.payload)
+    def _check_hello(self, msg: dict[str, Any]) -> str:
+        """The peer's tether version, once its protocol version and secret are right."""
         protocol = msg.get("v")
         peer = str(msg.get("version", "?"))
         if protocol != PROTOCOL_VERSION:
@@ -200,26 +282,149 @@ class Connection:
         secret = msg.get("secret")
         if not isinstance(secret, bytes) or not hmac.compare_digest(secret, self._secret):
             self._reject("secret", "wrong session secret")
-        welcome = {"v": PROTOCOL_VERSION, "version": self._version, "info": self._info}
-        self._out.append(encode(FrameType.WELCOME, 0, pack(welcome)))
+        return peer
+
+    def _on_hello(self, frame: Frame) -> Event:
+        if self.role is not Role.AGENT:
+            raise ProtocolError("HELLO sent to a client")
+        msg = unpack_map(frame.payload)
+        peer = self._check_hello(msg)
+        welcome: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "version": self._version,
+            "info": self._info,
+        }
+        if self.resume_token is not None:
+            welcome["resume"] = self.resume_token
+        self._ctl.append(encode(FrameType.WELCOME, 0, pack(welcome)))
         self._state = _State.OPEN
         self.peer_version = peer
-        return Handshaken(peer, PROTOCOL_VERSION, {})
+        info = msg.get("info")
+        return Handshaken(peer, PROTOCOL_VERSION, info if isinstance(info, dict) else {})
+
+    def _on_resume(self, frame: Frame) -> Event:
+        # A fresh agent-side connection only checks who asks; the session it names is found
+        # by the shell, which hands the count to that session's `accept_resume`.
+        if self.role is not Role.AGENT:
+            raise ProtocolError("RESUME sent to a client")
+        msg = unpack_map(frame.payload)
+        peer = self._check_hello(msg)
+        token = _field(msg, "token", bytes)
+        received = _field(msg, "received", int)
+        self._state = _State.CLOSED
+        self.peer_version = peer
+        return ResumeRequested(token, received, peer)
+
+    def reject(self, code: str, reason: str) -> None:
+        """Agent: refuse a connection whose handshake asked for something we cannot give
+        (a resume of an unknown session); queues a REJECT and closes."""
+        self._ctl.append(encode(FrameType.REJECT, 0, pack({"code": code, "reason": reason})))
+        self._state = _State.CLOSED
 
     def _reject(self, code: str, reason: str) -> None:
-        self._out.append(encode(FrameType.REJECT, 0, pack({"code": code, "reason": reason})))
-        self._state = _State.CLOSED
+        self.reject(code, reason)
         raise HandshakeError(reason)
 
     def _on_welcome(self, frame: Frame) -> Event:
         msg = unpack_map(frame.payload)
         version = str(msg.get("version", "?"))
         info = msg.get("info")
+        token = msg.get("resume")
+        self.resume_token = token if isinstance(token, bytes) else None
         self._state = _State.OPEN
         self.peer_version = version
         return Handshaken(
             version, int(_field(msg, "v", int)), info if isinstance(info, dict) else {}
         )
+
+    # -- resuming ----------------------------------------------------------------------------
+
+    def transport_lost(self) -> None:
+        """The transport under this connection broke: keep every stream and request, and
+        wait for a resume (the client's `resume`, the agent's `accept_resume`). Bytes the
+        decoder held of a partial frame are dropped: the peer sends them again."""
+        if self._state in (_State.OPEN, _State.RESUMING):
+            self._state = _State.SUSPENDED
+        self._decoder = FrameDecoder()
+        self._ctl.clear()
+
+    def resume(self) -> None:
+        """Client, on a new transport: queue the RESUME that names the session and says how
+        much we received. Events resume after the `Resumed` event."""
+        if self.role is not Role.CLIENT or self.resume_token is None:
+            raise LocalProtocolError("only a resumable client connection resumes")
+        if self._state is not _State.SUSPENDED:
+            raise LocalProtocolError("resume only after transport_lost")
+        msg = {
+            "v": PROTOCOL_VERSION,
+            "secret": self._secret,
+            "version": self._version,
+            "token": self.resume_token,
+            "received": self._received,
+        }
+        self._ctl.append(encode(FrameType.RESUME, 0, pack(msg)))
+        self._state = _State.RESUMING
+
+    def accept_resume(self, peer_received: int) -> None:
+        """Agent: the client resumed this session on a new transport (its fresh connection
+        reported `ResumeRequested`). Queues RESUMED and everything the client missed.
+
+        Raises LocalProtocolError if the count cannot be right (the client claims bytes we
+        never sent, or fewer than it acknowledged): the shell then refuses the resume."""
+        if self.role is not Role.AGENT or self._state not in (_State.OPEN, _State.SUSPENDED):
+            raise LocalProtocolError("this connection cannot be resumed")
+        if not self._peer_acked <= peer_received <= self._sent:
+            raise LocalProtocolError(
+                f"the client says it received {peer_received} bytes; "
+                f"{self._peer_acked} to {self._sent} were possible"
+            )
+        self.transport_lost()
+        self._rewind(peer_received)
+        self._ctl.append(encode(FrameType.RESUMED, 0, pack({"received": self._received})))
+        self._state = _State.OPEN
+
+    def _on_resumed(self, frame: Frame) -> Event:
+        received = _field(unpack_map(frame.payload), "received", int)
+        if not self._peer_acked <= received <= self._sent:
+            raise ProtocolError(f"RESUMED with an impossible count {received}")
+        self._rewind(received)
+        self._state = _State.OPEN
+        return Resumed()
+
+    def _rewind(self, peer_received: int) -> None:
+        # What the peer missed goes out again first, in order, before anything queued since.
+        self._trim(peer_received)
+        missed = list(self._unacked)
+        if missed and self._unacked_start < peer_received:
+            missed[0] = missed[0][peer_received - self._unacked_start :]
+        self._unacked.clear()
+        self._unacked_start = peer_received
+        self._sent = peer_received
+        self._out[:0] = [chunk for chunk in missed if chunk]
+        self._queued = sum(len(chunk) for chunk in self._out)
+        self._told = self._received
+
+    def _trim(self, acked: int) -> None:
+        self._peer_acked = acked
+        unacked = self._unacked
+        while unacked and self._unacked_start + len(unacked[0]) <= acked:
+            self._unacked_start += len(unacked.popleft())
+
+    def _on_ack(self, frame: Frame) -> Event | None:
+        if len(frame.payload) != 8:
+            raise ProtocolError("ACK payload must be 8 bytes")
+        (acked,) = _U64.unpack(frame.payload)
+        if not self._peer_acked <= acked <= self._sent:
+            raise ProtocolError(f"ACK of {acked} bytes; {self._sent} were sent")
+        self._trim(acked)
+        if self._starved and self.unacknowledged < self._retransmit_limit:
+            self._starved = False
+            return BufferRoom()
+        return None
+
+    def _acknowledge_received(self) -> None:
+        self._told = self._received
+        self._ctl.append(encode(FrameType.ACK, 0, _U64.pack(self._received)))
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -235,6 +440,8 @@ class Connection:
         events: list[Event] = []
         try:
             for frame in self._decoder.feed(data):
+                if self._state is _State.OPEN and frame.type not in _UNSEQUENCED:
+                    self._received += HEADER.size + len(frame.payload)
                 event = self._dispatch(frame)
                 if event is not None:
                     events.append(event)
@@ -243,6 +450,8 @@ class Connection:
             else:
                 if self._decoder.error is not None:
                     raise self._decoder.error
+            if self._received - self._told >= ACK_EVERY and self._state is _State.OPEN:
+                self._acknowledge_received()
         except ProtocolError:
             # Nothing after a broken frame can be trusted: the peer is not heard further, and
             # what the decoder still held is let go.
@@ -260,7 +469,11 @@ class Connection:
         return handler(frame)
 
     def _on_ping(self, frame: Frame) -> Event:
-        self._out.append(encode(FrameType.PONG, 0, frame.payload[:64]))
+        self._ctl.append(encode(FrameType.PONG, 0, frame.payload[:64]))
+        # Pings are the idle connection's heartbeat: acknowledging here bounds how long a
+        # quiet session's sent bytes are held.
+        if self._received != self._told:
+            self._acknowledge_received()
         return PingReceived(frame.payload)
 
     def _on_pong(self, frame: Frame) -> Event:
@@ -271,11 +484,16 @@ class Connection:
 
     def _dispatch_handshake(self, frame: Frame) -> Event | None:
         ftype = frame.type
-        if self.role is Role.AGENT and self._state is _State.IDLE and ftype is FrameType.HELLO:
-            return self._on_hello(frame)
-        if self.role is Role.CLIENT and self._state is _State.HANDSHAKING:
-            if ftype is FrameType.WELCOME:
+        if self.role is Role.AGENT and self._state is _State.IDLE:
+            if ftype is FrameType.HELLO:
+                return self._on_hello(frame)
+            if ftype is FrameType.RESUME:
+                return self._on_resume(frame)
+        if self.role is Role.CLIENT and self._state in (_State.HANDSHAKING, _State.RESUMING):
+            if ftype is FrameType.WELCOME and self._state is _State.HANDSHAKING:
                 return self._on_welcome(frame)
+            if ftype is FrameType.RESUMED and self._state is _State.RESUMING:
+                return self._on_resumed(frame)
             if ftype is FrameType.REJECT:
                 msg = unpack_map(frame.payload)
                 self._state = _State.CLOSED
@@ -411,8 +629,10 @@ class Connection:
     # -- sending -----------------------------------------------------------------------------
 
     def _require_open(self) -> None:
-        if self._state is not _State.OPEN:
-            raise ProtocolError("connection not open")
+        # A suspended connection queues: what is sent while the transport is down goes out
+        # after the resume.
+        if self._state not in _SENDING:
+            raise LocalProtocolError("connection not open")
 
     def send_request(self, op: str, args: dict[str, Any]) -> int:
         """Queue a request; returns its id, which the ResponseReceived event will carry."""
@@ -427,7 +647,7 @@ class Connection:
     def _answer(self, request_id: int, body: dict[str, Any]) -> None:
         self._require_open()
         if request_id not in self._their_requests:
-            raise ProtocolError(f"no pending request {request_id} to answer")
+            raise LocalProtocolError(f"no pending request {request_id} to answer")
         self._their_requests.discard(request_id)
         self._out.append(encode(FrameType.RESPONSE, request_id, pack(body)))
 
@@ -446,7 +666,7 @@ class Connection:
             raise StreamStateError("too many open streams")
         sid = self._next_stream
         if sid > _MAX_ID:
-            raise ProtocolError("stream ids exhausted")
+            raise LocalProtocolError("stream ids exhausted")
         self._next_stream += 2
         self._streams[sid] = _Stream(accepted=False, send_credit=0, recv_available=self._window)
         msg = {"kind": kind, "params": params, "window": self._window}
@@ -480,7 +700,15 @@ class Connection:
     def send_credit(self, stream_id: int) -> int:
         """How many bytes `send_data` may send on the stream now."""
         stream = self._live(stream_id)
-        return stream.send_credit if stream.accepted and not stream.local_ended else 0
+        if not stream.accepted or stream.local_ended:
+            return 0
+        room = self._retransmit_limit - (self._sent - self._peer_acked + self._queued)
+        if room < stream.send_credit:
+            if room <= 0:
+                self._starved = True
+                return 0
+            return room
+        return stream.send_credit
 
     def send_data(self, stream_id: int, data: bytes) -> None:
         """Queue `data` on a stream; it must fit in `send_credit` (FlowControlError if not)."""
@@ -490,8 +718,9 @@ class Connection:
             raise StreamStateError(f"stream {stream_id} is not writable")
         size = len(data)
         if size > stream.send_credit:
-            raise FlowControlError(f"{size} bytes exceed the credit {stream.send_credit}")
+            raise CreditError(f"{size} bytes exceed the credit {stream.send_credit}")
         stream.send_credit -= size
+        self._queued += size
         out = self._out
         if size <= MAX_PAYLOAD:
             out.append(HEADER.pack(size + 5, FrameType.DATA, stream_id))
@@ -513,7 +742,7 @@ class Connection:
             return
         stream.pending_ack += size
         if stream.pending_ack + stream.recv_available > self._window:
-            raise FlowControlError("acknowledged more than was received")
+            raise CreditError("acknowledged more than was received")
         if stream.pending_ack >= self._ack_threshold:
             self._out.append(encode(FrameType.WINDOW, stream_id, _U32.pack(stream.pending_ack)))
             stream.recv_available += stream.pending_ack
@@ -531,8 +760,9 @@ class Connection:
 
     def ping(self, data: bytes = b"") -> None:
         """Queue a keepalive ping; the peer answers with a PongReceived carrying `data`."""
-        self._require_open()
-        self._out.append(encode(FrameType.PING, 0, data[:64]))
+        if self._state is not _State.OPEN:
+            raise LocalProtocolError("connection not open")
+        self._ctl.append(encode(FrameType.PING, 0, data[:64]))
 
     def close(self, reason: str = "") -> None:
         """Queue a GOAWAY and close; later calls that send raise ProtocolError."""

@@ -130,6 +130,29 @@ class ConnectionTerminated:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ResumeRequested:
+    """Agent side, on a fresh connection: the client asks to resume the session `token`
+    names, having received `received` sequenced bytes of it. Find that session and call its
+    `accept_resume(received)`, or `reject` this connection."""
+
+    token: bytes
+    received: int
+    peer_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Client side: the agent took us back; everything either side missed is on its way
+    again and the connection is open."""
+
+
+@dataclass(frozen=True, slots=True)
+class BufferRoom:
+    """The peer acknowledged enough that `send_credit` may give more again (it was cut by
+    the retransmit limit)."""
+
+
 Event = (
     Handshaken
     | HandshakeRejected
@@ -144,4 +167,7 @@ Event = (
     | PingReceived
     | PongReceived
     | ConnectionTerminated
+    | ResumeRequested
+    | Resumed
+    | BufferRoom
 )

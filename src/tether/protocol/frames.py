@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import msgpack
 
-from tether.protocol.errors import ProtocolError
+from tether.protocol.errors import LocalProtocolError, ProtocolError
 
 # The frame format and the message vocabulary (messages.py) together: bump on any change to
 # either, so that mismatched ends fail their handshake with the version message.
 # 2: the typed vocabulary (answers as maps; resolve, dns.query, fs.fstat, fs.rename,
 # incoming.unsubscribe and incoming.list gone).
-PROTOCOL_VERSION = 2
+# 3: resumable sessions (ACK, RESUME, RESUMED; sequenced frames; HELLO carries info).
+PROTOCOL_VERSION = 3
 # Payloads above this are refused, so a decoder never buffers more than one such frame.
 MAX_PAYLOAD = 256 * 1024
 HEADER = struct.Struct("!IBI")  # length of (type + id + payload), type, stream/request id
@@ -40,6 +41,9 @@ class FrameType(enum.IntEnum):
     PING = 12
     PONG = 13
     GOAWAY = 14
+    ACK = 15
+    RESUME = 16
+    RESUMED = 17
 
 
 _TYPES = {int(t): t for t in FrameType}
@@ -57,7 +61,7 @@ class Frame:
 def encode(ftype: FrameType, ident: int, payload: bytes = b"") -> bytes:
     """One frame's bytes."""
     if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return HEADER.pack(len(payload) + _MIN_LENGTH, ftype, ident) + payload
 
 

@@ -1,4 +1,10 @@
-"""Tunnel: one protocol Connection driven over a Transport by a reader and a writer task."""
+"""Tunnel: one protocol Connection driven over a Transport by a reader and a writer task.
+
+A resumable tunnel (its handshake gave a resume token) outlives its transport: when the
+transport breaks, the tunnel is *suspended* (requests and streams wait, nothing fails) until
+the client side `resume`s it over a new transport, or the agent side `adopt`s the transport
+a resuming client came back on, or someone gives up (`abandon`).
+"""
 
 import asyncio
 import contextlib
@@ -11,6 +17,7 @@ from typing import Any, TypeVar
 
 from tether.errors import UserError
 from tether.protocol import (
+    BufferRoom,
     Connection,
     ConnectionTerminated,
     DataReceived,
@@ -21,13 +28,15 @@ from tether.protocol import (
     RemoteError,
     RequestReceived,
     ResponseReceived,
+    Resumed,
+    ResumeRequested,
     StreamAccepted,
     StreamEnded,
     StreamOpened,
     StreamReset,
     WindowUpdated,
 )
-from tether.protocol.errors import StreamStateError
+from tether.protocol.errors import LocalProtocolError
 from tether.protocol.messages import MessageError, Request, decode_answer, encode_request
 from tether.tunnel.stream import TunnelStream
 from tether.tunnel.transport import Transport
@@ -42,6 +51,10 @@ _WRITE_CHUNK = 256 * 1024
 
 class TunnelClosedError(UserError, ConnectionError):
     """The tunnel is gone (transport closed, protocol error, or rejected handshake)."""
+
+
+class ResumeRefusedError(TunnelClosedError):
+    """The agent would not take the session back (it expired, or the agent is another)."""
 
 
 class RemoteOpError(UserError):
@@ -70,13 +83,26 @@ class Tunnel:
         self._streams: dict[int, TunnelStream] = {}
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._opening: dict[int, asyncio.Future[TunnelStream]] = {}
-        self._handshake: asyncio.Future[Handshaken] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._handshake: asyncio.Future[Handshaken | ResumeRequested] = loop.create_future()
+        self._resumed: asyncio.Future[None] | None = None
         self._pongs: dict[bytes, asyncio.Future[float]] = {}
         self._ping_ids = itertools.count()
         self._dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The reader and writer of the current transport; a new transport gets new ones.
+        self._loops: list[asyncio.Task[Any]] = []
+        self._generation = 0
         self._closed: BaseException | None = None
         self._done = asyncio.Event()
+        # Set while the transport is down and the tunnel waits for a resume (`lost_because`
+        # says why); cleared by a resume.
+        self._interrupted = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._connected.set()
+        self._suspensions = 0
+        self._handing_over = False
+        self.lost_because: BaseException | None = None
         self.last_received = time.monotonic()
         # The peer ended the tunnel on purpose (GOAWAY), as opposed to the transport failing.
         self.peer_closed = False
@@ -91,23 +117,165 @@ class Tunnel:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, timeout: float = 10.0) -> Handshaken:
-        """Run the reader/writer tasks and complete the handshake (client or agent side)."""
+    async def start(self, timeout: float = 10.0) -> Handshaken | ResumeRequested:
+        """Run the reader/writer tasks and complete the handshake (client or agent side).
+
+        On the agent side the peer may instead ask to resume another session: then this
+        tunnel stops reading and returns the `ResumeRequested`; pass its transport to that
+        session's `adopt` (`hand_over`) or `refuse` it."""
         if self.conn.role.value == "client":
             self.conn.initiate()
             self._flush()
-        self._spawn(self._read_loop())
-        self._spawn(self._write_loop())
+        self._run_loops()
         try:
             return await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
         except TimeoutError:
             await self.close("handshake timeout")
             raise TunnelClosedError(f"no handshake within {timeout:.0f} s") from None
 
+    def _run_loops(self) -> None:
+        self._generation += 1
+        generation = self._generation
+        self._loops = [
+            asyncio.ensure_future(self._read_loop(generation)),
+            asyncio.ensure_future(self._write_loop(generation)),
+        ]
+
+    def _stop_loops(self) -> None:
+        for task in self._loops:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._loops = []
+
     async def wait_closed(self) -> BaseException | None:
         """Wait until the tunnel ends; return why (None for a clean close)."""
         await self._done.wait()
         return self._closed
+
+    async def wait_interrupted(self) -> None:
+        """Wait until the transport is lost (the tunnel is suspended) or the tunnel ends."""
+        done = asyncio.ensure_future(self._done.wait())
+        lost = asyncio.ensure_future(self._interrupted.wait())
+        try:
+            await asyncio.wait([done, lost], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            lost.cancel()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a suspended tunnel to be resumed; False if it was not
+        (or it ended)."""
+        done = asyncio.ensure_future(self._done.wait())
+        back = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait([done, back], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            back.cancel()
+        return self._connected.is_set() and not self._done.is_set()
+
+    @property
+    def suspended(self) -> bool:
+        """Whether the transport is gone and the tunnel waits for a resume."""
+        return self._interrupted.is_set() and not self._done.is_set()
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a lost transport suspends this tunnel instead of ending it."""
+        return self.conn.resumable
+
+    def transport_failed(self, why: BaseException) -> None:
+        """The transport is dead (it failed, or keepalives went unanswered): suspend a
+        resumable tunnel, end any other."""
+        if self._resumed is not None and not self._resumed.done():
+            # The new transport of a resume in progress failed too: `resume` says so.
+            self._resumed.set_exception(TunnelClosedError(f"the new connection failed: {why}"))
+            return
+        if self._done.is_set() or self._interrupted.is_set():
+            return
+        if not self.conn.resumable or self.peer_closed or self.conn.closed:
+            self._finish(why)
+            self._spawn(self.transport.close())
+            return
+        log.info("transport lost: %s", why)
+        self.lost_because = why
+        self._suspensions += 1
+        self._connected.clear()
+        self._interrupted.set()
+        self._stop_loops()
+        self.conn.transport_lost()
+        self._spawn(self.transport.close())
+
+    async def resume(self, transport: Transport, timeout: float = 10.0) -> None:
+        """Client: carry on over `transport` (a new port-forward to the same agent).
+
+        Raises ResumeRefusedError when the agent will not take us back (the tunnel is then
+        closed), TunnelClosedError/OSError when this transport failed too (still suspended:
+        try again)."""
+        if not self.suspended:
+            raise TunnelClosedError("the tunnel is not waiting for a resume")
+        self.transport = transport
+        self.conn.resume()
+        loop = asyncio.get_running_loop()
+        self._resumed = loop.create_future()
+        self._run_loops()
+        self._flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._resumed), timeout)
+        except TimeoutError:
+            self._stop_loops()
+            self.conn.transport_lost()
+            await transport.close()
+            raise TunnelClosedError(f"no answer to the resume within {timeout:g} s") from None
+        except BaseException:
+            if not self._done.is_set():
+                self._stop_loops()
+                self.conn.transport_lost()
+                await transport.close()
+            raise
+        finally:
+            self._resumed = None
+
+    def hand_over(self) -> Transport:
+        """Agent: this (fresh) tunnel's peer asked to resume another session: stop reading
+        and give its transport away, without closing it."""
+        self._stop_loops()
+        self._closed = TunnelClosedError("handed over to a resumed session")
+        self._done.set()
+        return self.transport
+
+    async def refuse(self, code: str, reason: str) -> None:
+        """Agent: refuse the resume this (fresh) tunnel's peer asked for, with one line."""
+        self._stop_loops()
+        self.conn.reject(code, reason)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.transport.write(self.conn.data_to_send()), 2)
+        self._finish(TunnelClosedError(reason))
+        await self.transport.close()
+
+    def adopt(self, transport: Transport, peer_received: int) -> None:
+        """Agent: the client came back on `transport`; resume over it (LocalProtocolError if
+        its count does not fit this session: refuse it then)."""
+        if self._done.is_set():
+            raise LocalProtocolError("the session is over")
+        old = self.transport
+        self.conn.accept_resume(peer_received)
+        self._stop_loops()
+        self.transport = transport
+        if old is not transport:
+            self._spawn(old.close())
+        self.lost_because = None
+        self._interrupted.clear()
+        self._connected.set()
+        self.last_received = time.monotonic()
+        self._run_loops()
+        self._flush()
+        self._wake_writers()
+
+    def abandon(self, why: BaseException) -> None:
+        """Give up on a suspended tunnel: fail everything that waited for the resume."""
+        self._stop_loops()
+        self._finish(why)
 
     @property
     def closed_because(self) -> BaseException | None:
@@ -123,7 +291,7 @@ class Tunnel:
         """Say GOAWAY, flush, close the transport, and fail everything pending."""
         if self._done.is_set():
             return
-        with contextlib.suppress(ProtocolError):
+        with contextlib.suppress(LocalProtocolError):
             self.conn.close(reason)
         data = self.conn.data_to_send()
         if data:
@@ -144,9 +312,12 @@ class Tunnel:
                 fut.set_exception(closed)
         if not self._handshake.done():
             self._handshake.set_exception(closed)
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_exception(closed)
         for stream in list(self._streams.values()):
             stream._on_reset(gone)
         self._streams.clear()
+        self._stop_loops()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -158,40 +329,55 @@ class Tunnel:
 
     # -- I/O loops ---------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, generation: int) -> None:
+        transport = self.transport
         try:
             while True:
-                data = await self.transport.read()
+                try:
+                    data = await transport.read()
+                except (OSError, ConnectionError):
+                    raise
+                except Exception as exc:  # a transport's own error type (PortForwardError)
+                    raise ConnectionError(str(exc)) from exc
+                if generation != self._generation:
+                    return
                 if not data:
-                    self._finish(TunnelClosedError("the other side closed the tunnel"))
-                    # asyncio keeps a socket open after the peer's EOF: without this, every
-                    # session that hangs up would leave the agent a half-closed connection.
-                    await self.transport.close()
+                    # asyncio keeps a socket open after the peer's EOF: without closing it,
+                    # every session that hangs up would leave the agent a half-closed one.
+                    self.transport_failed(TunnelClosedError("the other side closed the tunnel"))
+                    await transport.close()
                     return
                 self.last_received = time.monotonic()
                 for event in self.conn.receive_data(data):
                     self._handle(event)
                 self._flush()
+                if self._handing_over:
+                    return  # the shell hands this transport to the session it names
         except ProtocolError as exc:
             self._flush()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.transport.write(self.conn.data_to_send()), 1)
+                await asyncio.wait_for(transport.write(self.conn.data_to_send()), 1)
             self._finish(exc)
-            await self.transport.close()
+            await transport.close()
         except (OSError, ConnectionError) as exc:
-            self._finish(exc)
-            await self.transport.close()
+            if generation == self._generation:
+                self.transport_failed(exc)
+            await transport.close()
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, generation: int) -> None:
+        transport = self.transport
         try:
             while True:
                 await self._dirty.wait()
+                if generation != self._generation:
+                    return
                 self._dirty.clear()
                 data = self.conn.data_to_send()
                 for start in range(0, len(data), _WRITE_CHUNK):
-                    await self.transport.write(data[start : start + _WRITE_CHUNK])
-        except (OSError, ConnectionError) as exc:
-            self._finish(exc)
+                    await transport.write(data[start : start + _WRITE_CHUNK])
+        except Exception as exc:  # OSError, or a transport's own (PortForwardError)
+            if generation == self._generation:
+                self.transport_failed(exc)
 
     def _flush(self) -> None:
         # Most calls (an acknowledgement below the batching threshold) queue nothing: waking
@@ -251,13 +437,30 @@ class Tunnel:
             pong = self._pongs.pop(event.data, None)
             if pong is not None and not pong.done():
                 pong.set_result(time.monotonic())
-        elif isinstance(event, Handshaken):
+        elif isinstance(event, BufferRoom):
+            self._wake_writers()
+        elif isinstance(event, (Handshaken, ResumeRequested)):
+            self._handing_over = isinstance(event, ResumeRequested)
             if not self._handshake.done():
                 self._handshake.set_result(event)
+        elif isinstance(event, Resumed):
+            self.lost_because = None
+            self._interrupted.clear()
+            self._connected.set()
+            if self._resumed is not None and not self._resumed.done():
+                self._resumed.set_result(None)
+            self._wake_writers()
         elif isinstance(event, HandshakeRejected):
+            error: TunnelClosedError = (
+                ResumeRefusedError(event.reason)
+                if self._resumed is not None
+                else TunnelClosedError(event.reason)
+            )
             if not self._handshake.done():
-                self._handshake.set_exception(TunnelClosedError(event.reason))
-            self._finish(TunnelClosedError(event.reason))
+                self._handshake.set_exception(error)
+            if self._resumed is not None and not self._resumed.done():
+                self._resumed.set_exception(error)
+            self._finish(error)
         elif isinstance(event, ConnectionTerminated):
             self.peer_closed = True
             self._finish(TunnelClosedError(event.reason or "the other side closed the tunnel"))
@@ -308,15 +511,21 @@ class Tunnel:
     def _credit(self, stream_id: int) -> int:
         try:
             return self.conn.send_credit(stream_id)
-        except StreamStateError:
+        except LocalProtocolError:
             return 0
+
+    def _wake_writers(self) -> None:
+        # Credit may be back for every stream at once (a resume, or room in the retransmit
+        # buffer): each writer checks its own.
+        for stream in self._streams.values():
+            stream._on_credit()
 
     def _send(self, stream_id: int, data: bytes) -> None:
         self.conn.send_data(stream_id, data)
         self._flush()
 
     def _end(self, stream_id: int) -> None:
-        with contextlib.suppress(StreamStateError, ProtocolError):
+        with contextlib.suppress(LocalProtocolError):
             self.conn.end_stream(stream_id)
             self._flush()
 
@@ -342,7 +551,16 @@ class Tunnel:
         self._pending[rid] = fut
         self._flush()
         try:
-            return await asyncio.wait_for(fut, timeout)
+            while True:
+                suspensions = self._suspensions
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), timeout)
+                except TimeoutError:
+                    # Time spent reconnecting is not the peer's slowness: the answer comes
+                    # after the resume (or the tunnel ends, failing `fut`).
+                    if self.suspended or suspensions != self._suspensions:
+                        continue
+                    raise
         finally:
             self._pending.pop(rid, None)
 
@@ -376,8 +594,17 @@ class Tunnel:
         self.conn.accept_stream(stream.id, info)
         self._flush()
 
+    def poke(self) -> None:
+        """Queue a keepalive ping without waiting for its pong (any answer from the peer
+        counts as life: `last_received`)."""
+        if not self._done.is_set() and not self.suspended:
+            self.conn.ping(b"k")
+            self._flush()
+
     async def ping(self, timeout: float = 10.0) -> float:
         """Round-trip time of a keepalive ping, in seconds."""
+        if self._done.is_set() or self.suspended:
+            raise TunnelClosedError("the tunnel's transport is down")
         token = str(next(self._ping_ids)).encode()
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pongs[token] = fut

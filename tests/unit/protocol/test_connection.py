@@ -4,11 +4,13 @@ import pytest
 
 from tether.protocol import (
     Connection,
+    CreditError,
     DataReceived,
     FlowControlError,
     HandshakeError,
     Handshaken,
     HandshakeRejected,
+    LocalProtocolError,
     PingReceived,
     PongReceived,
     ProtocolError,
@@ -92,8 +94,8 @@ def test_request_response_and_error() -> None:
     agent.send_error(rid2, RemoteError("ENOENT", "no such file", 2))
     (resp,) = shuttle(agent, client)
     assert resp == ResponseReceived(rid2, None, RemoteError("ENOENT", "no such file", 2))
-    with pytest.raises(ProtocolError):
-        agent.send_response(rid2, None)  # answered already
+    with pytest.raises(LocalProtocolError):
+        agent.send_response(rid2, None)  # answered already: our bug, not the peer's
 
 
 def test_response_to_unknown_request_is_a_protocol_error() -> None:
@@ -148,7 +150,7 @@ def test_send_beyond_credit_raises_and_window_comes_back_in_batches() -> None:
     sid = open_pair(client, agent)
     assert client.send_credit(sid) == 1000
     client.send_data(sid, b"a" * 1000)
-    with pytest.raises(FlowControlError):
+    with pytest.raises(CreditError):
         client.send_data(sid, b"b")
     (data,) = shuttle(client, agent)
     assert isinstance(data, DataReceived)

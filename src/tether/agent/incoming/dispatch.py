@@ -22,6 +22,7 @@ from tether.agent.incoming.router import RequestHead, looks_like_http, route_htt
 from tether.agent.incoming.sockopts import original_dst
 from tether.agent.incoming.subscriptions import (
     Subscription,
+    active,
     filtered_steals,
     is_probe_request,
     route_request,
@@ -125,7 +126,9 @@ class Dispatcher:
             "dst": [dst[0], dst[1]],
         }
         subs = list(current)
-        copies = [MirrorCopy(s, {**params, "mode": "mirror"}) for s in subs if s.mode == "mirror"]
+        copies = [
+            MirrorCopy(s, {**params, "mode": "mirror"}) for s in active(subs) if s.mode == "mirror"
+        ]
         tee = TeePipe(client, copies)
         try:
             await self._dispatch(tee, subs, dst, params)

@@ -224,6 +224,18 @@ class IncomingManager:
     ) -> None:
         self._spawn(self.dispatcher.serve(port, reader, writer))
 
+    def suspend_session(self, session: SessionRef) -> None:
+        """The session's tunnel is down and the agent holds it for a resume: its
+        subscriptions take no traffic until `resume_session` (new connections and requests
+        go to the pod), but keep their ports and locks, and a connection that arrives
+        meanwhile stays routable, so its later requests reach the session once it is back."""
+        session.suspended = True
+        log.info("%s is away: its subscriptions take no traffic", session.who)
+
+    def resume_session(self, session: SessionRef) -> None:
+        """The session is back: its subscriptions take traffic again."""
+        session.suspended = False
+
     def _subscriptions_of(self, port: int) -> list[Subscription] | None:
         state = self.ports.get(port)
         return state.subs if state is not None else None

@@ -42,6 +42,9 @@ class SessionRef:
     tunnel: Tunnel
     key: int
     who: str = "another session"
+    # While its tunnel is down and the agent holds it for a resume: its subscriptions keep
+    # their ports and locks but take no traffic.
+    suspended: bool = False
 
 
 @dataclass(eq=False)
@@ -98,9 +101,17 @@ def check_steal(sub: Subscription, others: list[Subscription], override: bool) -
     return warnings
 
 
+def active(subs: list[Subscription]) -> list[Subscription]:
+    """The subscriptions that take traffic now (their session is not away)."""
+    if any(s.session.suspended for s in subs):
+        return [s for s in subs if not s.session.suspended]
+    return subs
+
+
 def whole_steal(subs: list[Subscription]) -> Subscription | None:
-    """The unfiltered steal among `subs`, which takes whole connections, if any."""
-    return next((s for s in subs if s.whole), None)
+    """The unfiltered steal among `subs` whose session is here, which takes whole
+    connections, if any."""
+    return next((s for s in subs if s.whole and not s.session.suspended), None)
 
 
 def filtered_steals(subs: list[Subscription]) -> list[Subscription]:
@@ -110,10 +121,12 @@ def filtered_steals(subs: list[Subscription]) -> list[Subscription]:
 
 def route_request(subs: list[Subscription], head: RequestHead) -> Subscription | None:
     """The filtered steal a request goes to (the first whose filter matches, probes only to
-    those that asked for them), or None for the original app."""
+    those that asked for them, none whose session is away), or None for the original app."""
     probe = is_probe(head.headers)
     for sub in filtered_steals(subs):
         assert sub.filter is not None
+        if sub.session.suspended:
+            continue
         if probe and not (sub.steal_probes or sub.filter.steal_probes):
             continue
         if sub.filter.matches(head.method, head.target, head.headers):

@@ -3,10 +3,12 @@ over a single API-server port-forward. Cleanup (the Job) happens on every exit p
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from tether import __version__
@@ -22,16 +24,18 @@ from tether.kube.agent_lifecycle import (
 from tether.kube.agent_manifest import AgentHandle, agent_job_manifest, new_secret, new_session_id
 from tether.kube.agent_ready import wait_agent_ready
 from tether.kube.client import KubeClient, connect
-from tether.kube.errors import KubeError
+from tether.kube.errors import ClusterUnreachableError, KubeError
 from tether.kube.portforward import open_portforward
 from tether.kube.targets import ResolvedTarget, ensure_namespace, parse_target, resolve_target
 from tether.local.session.progress import Progress
+from tether.local.session.reconnect import keep_connected
 from tether.protocol import Connection, Role
 from tether.protocol.messages import SessionLeave, SessionTarget
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 HANDSHAKE_TIMEOUT = 15.0
-KEEPALIVE_INTERVAL = 15.0
+# How long the cleanup waits for an API server that does not answer (restarting, say).
+CLEANUP_RETRY = 30.0
 LEAVE_TIMEOUT = 5.0
 # Joining a shared agent can meet it just as its last session leaves: start over this often.
 CONNECT_ATTEMPTS = 3
@@ -65,19 +69,6 @@ def describe_user() -> str:
     return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
-async def _keepalive(tunnel: Tunnel, progress: Progress) -> None:
-    # A dead port-forward can go unnoticed until the next write; pings notice it.
-    while not tunnel.closed:
-        await asyncio.sleep(KEEPALIVE_INTERVAL)
-        try:
-            rtt = await tunnel.ping(timeout=KEEPALIVE_INTERVAL)
-        except (TimeoutError, TunnelClosedError):
-            progress.warn("the agent stopped answering keepalive pings")
-            await tunnel.close("keepalive timeout")
-            return
-        progress.detail(f"keepalive rtt {rtt * 1000:.1f} ms")
-
-
 async def _connect_agent(
     kube: KubeClient, handle: AgentHandle, secret: str, config: TetherConfig, progress: Progress
 ) -> tuple[str, Tunnel]:
@@ -86,7 +77,13 @@ async def _connect_agent(
     )
     progress.step(f"agent {pod} ready")
     forward = await open_portforward(kube, handle.namespace, pod, config.agent.port)
-    conn = Connection(Role.CLIENT, secret=bytes.fromhex(secret), version=__version__)
+    conn = Connection(
+        Role.CLIENT,
+        secret=bytes.fromhex(secret),
+        version=__version__,
+        # The agent holds our session this long after a cut, for us to resume it.
+        info={"resume_grace": config.agent.reconnect_timeout},
+    )
     tunnel = Tunnel(conn, forward)
     try:
         await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
@@ -96,11 +93,29 @@ async def _connect_agent(
     return pod, tunnel
 
 
+async def _retrying(action: Callable[[], Awaitable[None]], what: str, progress: Progress) -> None:
+    """`action()`, tried again while the API server does not answer (it may be restarting
+    just as the session ends), for up to CLEANUP_RETRY seconds."""
+    deadline = time.monotonic() + CLEANUP_RETRY
+    warned = False
+    while True:
+        try:
+            await action()
+            return
+        except ClusterUnreachableError:
+            if time.monotonic() >= deadline:
+                raise
+            if not warned:
+                progress.warn(f"the API server is not answering; retrying {what}")
+                warned = True
+            await asyncio.sleep(1.0)
+
+
 async def _leave(kube: KubeClient, acquired: AcquiredAgent, tunnel: Tunnel | None) -> bool:
     """Say goodbye to a shared agent; True if we were its last session (so its Job goes)."""
     if tunnel is not None and tunnel.peer_closed:
         return True  # the agent ended every session: it is exiting (target gone, stopped)
-    if tunnel is not None and not tunnel.closed:
+    if tunnel is not None and not tunnel.closed and not tunnel.suspended:
         try:
             return (await tunnel.call(SessionLeave(), timeout=LEAVE_TIMEOUT)).last
         except (TimeoutError, TunnelClosedError, RemoteOpError):
@@ -166,7 +181,17 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
                     except RemoteOpError as exc:
                         what = f"container {target.container_name}"
                         raise SessionError(f"the shared agent cannot serve {what}: {exc}") from None
-                keepalive = asyncio.create_task(_keepalive(tunnel, progress))
+                keepalive = asyncio.create_task(
+                    keep_connected(
+                        tunnel,
+                        functools.partial(
+                            open_portforward, kube, handle.namespace, pod, config.agent.port
+                        ),
+                        config.agent.reconnect_timeout,
+                        functools.partial(agent_running, kube, handle),
+                        progress,
+                    )
+                )
                 try:
                     yield Session(
                         kube, namespace, target, handle, pod, tunnel, session_id, describe_user()
@@ -182,7 +207,11 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
                 if tunnel is not None:
                     await tunnel.close("session ended")
                 if last:
-                    await delete_agent_job(kube, handle)
+                    await _retrying(
+                        functools.partial(delete_agent_job, kube, handle),
+                        f"deleting job {handle.namespace}/{handle.job_name}",
+                        progress,
+                    )
                     progress.detail(f"deleted job {handle.namespace}/{handle.job_name}")
                 else:
                     progress.detail(

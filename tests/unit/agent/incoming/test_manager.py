@@ -123,13 +123,11 @@ class World:
         assert self.agent is not None and self.agent.incoming is not None
         return self.agent.incoming
 
-    async def tunnel(self) -> Tunnel:
+    async def tunnel(self, grace: float = 0) -> Tunnel:
         """A session's tunnel to the agent, handshake done."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.agent_port)
-        tunnel = Tunnel(
-            Connection(Role.CLIENT, secret=SECRET, version="test"),
-            StreamTransport(reader, writer),
-        )
+        conn = Connection(Role.CLIENT, secret=SECRET, version="test", info={"resume_grace": grace})
+        tunnel = Tunnel(conn, StreamTransport(reader, writer))
         try:
             await tunnel.start(timeout=TIMEOUT)
         except BaseException:
@@ -137,10 +135,16 @@ class World:
             raise
         return tunnel
 
-    async def join(self, who: str) -> Session:
-        session = Session(who, await self.tunnel())
+    async def join(self, who: str, grace: float = 0) -> Session:
+        """A session; with `grace`, one the agent holds that long after a cut."""
+        session = Session(who, await self.tunnel(grace))
         self.sessions.append(session)
         return session
+
+    async def reconnect(self, tunnel: Tunnel) -> None:
+        """Resume a suspended tunnel over a new connection to the agent."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.agent_port)
+        await tunnel.resume(StreamTransport(reader, writer), timeout=TIMEOUT)
 
     async def local_app(self, name: str) -> H1Server:
         """An HTTP server on this host's loopback, answering as `name`."""
@@ -407,6 +411,59 @@ async def test_unfiltered_steal_takes_connections_and_excludes_others(world: Wor
     await bob.subscribe(world.port, bob_app.port, mode="steal", steal_probes=True)
     assert (await world.ask(PROBE)).server == "bob"
     assert [s.target for s in world.app.seen] == ["/", "/"]
+
+
+def _cut(session: Session) -> None:
+    """Kill the session's transport under it, as a restarting API server does."""
+    transport = session.tunnel.transport
+    assert isinstance(transport, StreamTransport)
+    transport._writer.transport.abort()
+
+
+@pytest.mark.root
+async def test_a_session_away_gives_the_traffic_back_and_keeps_its_lock(world: World) -> None:
+    alice_app = await world.local_app("alice")
+    bob_app = await world.local_app("bob")
+    alice = await world.join("alice", grace=60)
+    bob = await world.join("bob")
+    await alice.subscribe(world.port, alice_app.port, mode="steal")
+    stolen = await world.connect()
+    assert (await _request(stolen, "/before")).server == "alice"
+
+    # The transport dies under alice: the agent holds her session and the pod serves.
+    _cut(alice)
+    await asyncio.wait_for(alice.tunnel.wait_interrupted(), TIMEOUT)
+    await eventually(lambda: all(s.session.suspended for s in world.manager.subscriptions()))
+    assert (await world.ask()).server == "pod"
+    # Her unfiltered steal still holds the port for her.
+    with pytest.raises(IncomingError, match=r"is taken: alice steals"):
+        await bob.subscribe(world.port, bob_app.port, mode="steal")
+
+    # Back: new connections are hers again, and the one she had kept going through the cut.
+    await world.reconnect(alice.tunnel)
+    await eventually(lambda: not any(s.session.suspended for s in world.manager.subscriptions()))
+    assert (await world.ask()).server == "alice"
+    assert (await _request(stolen, "/after")).server == "alice"
+
+
+@pytest.mark.root
+async def test_a_filtered_steal_away_and_back_on_one_keep_alive_connection(world: World) -> None:
+    alice_app = await world.local_app("alice")
+    alice = await world.join("alice", grace=60)
+    await alice.subscribe(world.port, alice_app.port, mode="steal", http_filter=_dev("alice"))
+    client = await world.connect()
+    assert (await _request(client, "/1", ("X-Dev", "alice"))).server == "alice"
+    _cut(alice)
+    await eventually(lambda: all(s.session.suspended for s in world.manager.subscriptions()))
+    # While she is away her requests are the pod's, on the same connection and on new ones.
+    assert (await _request(client, "/2", ("X-Dev", "alice"))).server == "pod"
+    during = await world.connect()
+    assert (await _request(during, "/3", ("X-Dev", "alice"))).server == "pod"
+    await world.reconnect(alice.tunnel)
+    await eventually(lambda: not any(s.session.suspended for s in world.manager.subscriptions()))
+    assert (await _request(client, "/4", ("X-Dev", "alice"))).server == "alice"
+    assert (await _request(during, "/5", ("X-Dev", "alice"))).server == "alice"
+    assert [s.target for s in world.app.seen] == ["/2", "/3"]
 
 
 # -- filtered steals -------------------------------------------------------------------------
