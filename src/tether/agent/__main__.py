@@ -9,6 +9,7 @@ from tether.agent.guard import run_guarded
 from tether.agent.server import Agent
 from tether.agent.target import Target, TargetNotFound
 from tether.protocol.launch import MIN_SECRET_BYTES, SECRET_ENV, parse_agent_args
+from tether.tunnel.allocator import tune_allocator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def serve() -> int:
         # Runs in the guard's child: threads and the event loop only start here.
+        tune_allocator()
         agent = Agent(target, secret, args.idle_timeout)
         asyncio.run(agent.serve(args.listen, args.port))
         return 0

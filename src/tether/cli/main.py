@@ -38,6 +38,7 @@ from tether.local.proxies.forward import (
 from tether.local.session.progress import Progress
 from tether.local.session.session import SessionError, open_session
 from tether.protocol.messages import GetEnv
+from tether.tunnel.allocator import tune_allocator
 
 F = TypeVar("F", bound=Callable[..., Any])
 # What a user can act on: reported as one line. OSError covers the local machine's refusals
@@ -211,6 +212,7 @@ def build_config(opts: dict[str, Any]) -> tuple[TetherConfig, Progress]:
 @click.version_option(__version__, prog_name="tether")
 def main() -> None:
     """Run a local process in the context of a remote Kubernetes pod."""
+    tune_allocator()
 
 
 @main.command()

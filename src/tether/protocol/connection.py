@@ -3,7 +3,8 @@ a session over a new transport.
 
 Resuming: every frame after the handshake except ACK, PING and PONG is *sequenced*: each end
 counts the sequenced bytes it sent and received, keeps what it sent until the peer
-acknowledges it (ACK frames, every ACK_EVERY bytes and at each ping), and after a cut the
+acknowledges it (ACK frames: with other output, alone every ACK_EVERY bytes, and at each
+ping), and after a cut the
 client's RESUME and the agent's RESUMED each say how much was received, so each end sends
 again exactly what the other missed. Every request, answer and stream byte is thus delivered
 once and in order across any number of cuts. What waits for acknowledgement is bounded by
@@ -62,9 +63,12 @@ from tether.protocol.frames import (
 DEFAULT_WINDOW = 4 * 1024 * 1024
 MAX_STREAMS = 4096
 MAX_PENDING_REQUESTS = 4096
-# Sequenced bytes received before we acknowledge them: small against the retransmit limit,
-# large enough that ACKs cost nothing next to the data (one 17-byte frame per 256 KiB).
-ACK_EVERY = 256 * 1024
+# Sequenced bytes received before we send an ACK on its own: small against the retransmit
+# limit, and rare, since each ACK frame on its own wakes the writer and costs a transport
+# write. Below that an ACK rides along with whatever we send anyway (a WINDOW, an answer) once
+# ACK_PIGGYBACK bytes wait for it, and at each ping.
+ACK_EVERY = 2 * 1024 * 1024
+ACK_PIGGYBACK = 64 * 1024
 # What one end holds for the peer until it is acknowledged (sent or queued). Each stream's
 # share is bounded by its window already; this bounds them together.
 RETRANSMIT_LIMIT = 64 * 1024 * 1024
@@ -242,6 +246,8 @@ class Connection:
             data = b"".join(self._ctl)
             self._ctl.clear()
             return data
+        if self._received - self._told >= ACK_PIGGYBACK and self._state is _State.OPEN:
+            self._acknowledge_received()
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         self._queued = 0

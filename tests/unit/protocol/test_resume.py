@@ -108,9 +108,24 @@ def test_acknowledged_bytes_are_let_go() -> None:
     agent.receive_data(client.data_to_send())
     agent.accept_stream(sid)
     client.receive_data(agent.data_to_send())
-    client.send_data(sid, b"x" * (ACK_EVERY + 1))
+    client.send_data(sid, b"x" * 300 * 1024)
+    received = agent.receive_data(client.data_to_send())
+    assert agent.data_to_send() == b""  # nothing to send: no ACK on its own yet
+    assert all(isinstance(event, DataReceived) for event in received)
+    agent.acknowledge(sid, 300 * 1024)  # a WINDOW goes out, and the ACK rides along
+    client.receive_data(agent.data_to_send())
+    assert client.unacknowledged == 0
+
+
+def test_an_ack_goes_alone_after_much_unanswered_data() -> None:
+    client, agent = resumable_pair(window=4 * ACK_EVERY)
+    sid = client.open_stream("tcp", {})
     agent.receive_data(client.data_to_send())
-    client.receive_data(agent.data_to_send())  # carries the ACK
+    agent.accept_stream(sid)
+    client.receive_data(agent.data_to_send())
+    client.send_data(sid, b"x" * ACK_EVERY)
+    agent.receive_data(client.data_to_send())
+    client.receive_data(agent.data_to_send())
     assert client.unacknowledged == 0
 
 
