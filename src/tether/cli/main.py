@@ -302,13 +302,18 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
 
     async def go() -> int:
         from tether.local.proxies.incoming import IncomingClient
+        from tether.local.proxies.replicas import replicas_for
 
         try:
             async with open_session(config, progress) as session:
                 incoming = IncomingClient(session.tunnel, config.incoming, progress, session.who)
-                for spec in reverse:
-                    await incoming.subscribe(spec.remote, spec.local)
+                replicas = replicas_for(session, incoming, start=False) if reverse else None
                 try:
+                    for spec in reverse:
+                        await incoming.subscribe(spec.remote, spec.local)
+                    if replicas is not None:
+                        await replicas.sync()  # every Ready pod covered before we go on
+                        replicas.start()
                     if forwards:
                         await serve_forwards(session.tunnel, forwards, socks, progress)
                     else:
@@ -316,6 +321,8 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
                         await session.tunnel.wait_closed()
                 finally:
                     await incoming.close()
+                    if replicas is not None:
+                        await replicas.close()
                 why = session.tunnel.closed_because
                 if why is not None:
                     raise SessionError(f"lost the tunnel to the agent: {why}")

@@ -218,6 +218,31 @@ async def resolve_target(kc: KubeClient, spec: TargetSpec, namespace: str) -> Re
             )
     else:
         pod = await _pick_workload_pod(kc, spec.kind, spec.name, namespace)
+    return _resolved(spec, namespace, pod)
+
+
+async def ready_targets(kc: KubeClient, spec: TargetSpec, namespace: str) -> list[ResolvedTarget]:
+    """Every Ready pod of a deployment or statefulset target, resolved as `resolve_target`
+    would resolve it (pods whose chosen container is not running are left out); for a pod
+    target, that pod if it runs. Raises as `resolve_target` for a missing workload."""
+    if spec.kind is TargetKind.POD:
+        return [await resolve_target(kc, spec, namespace)]
+    if spec.kind is TargetKind.TARGETLESS or spec.name is None:
+        raise ValueError("targetless has no pods")
+    _, views = await _workload_pods(kc, spec.kind, spec.name, namespace)
+    out = []
+    for pod in views:
+        if not pod.ready() or pod.deleting:
+            continue
+        try:
+            out.append(_resolved(spec, namespace, pod))
+        except (TargetNotRunningError, ContainerNotFoundError):
+            continue
+    return out
+
+
+def _resolved(spec: TargetSpec, namespace: str, pod: PodView) -> ResolvedTarget:
+    assert spec.name is not None
     container = pick_container(pod, spec.container)
     status = pod.statuses.get(container)
     if status is None or status.state != "running" or not status.container_id:
@@ -275,6 +300,23 @@ async def _read_pod(kc: KubeClient, name: str, namespace: str) -> PodView:
 async def _pick_workload_pod(
     kc: KubeClient, kind: TargetKind, name: str, namespace: str
 ) -> PodView:
+    selector, views = await _workload_pods(kc, kind, name, namespace)
+    ready = [p for p in views if p.ready()]
+    if not ready:
+        seen = ", ".join(f"{p.name} {_pod_state(p)}" for p in views[:3]) or "no pods"
+        raise NoReadyPodError(
+            f'no ready pod for {kind.value} "{name}" in namespace "{namespace}" ({seen};'
+            f" kubectl -n {namespace} get pods -l {selector})"
+        )
+    # The newest ready pod: during a rollout it is the one that stays.
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return max(ready, key=lambda p: (p.created or epoch, p.name))
+
+
+async def _workload_pods(
+    kc: KubeClient, kind: TargetKind, name: str, namespace: str
+) -> tuple[str, list[PodView]]:
+    """The workload's label selector and its pods."""
     if kind is TargetKind.DEPLOYMENT:
         op = Operation("get", "deployments.apps", namespace, name)
         request = kc.apps.read_namespaced_deployment(name, namespace)
@@ -290,17 +332,7 @@ async def _pick_workload_pod(
         kc.core.list_namespaced_pod(namespace, label_selector=selector),
         Operation("list", "pods", namespace),
     )
-    views = [pod_view(p) for p in pods.items]
-    ready = [p for p in views if p.ready()]
-    if not ready:
-        seen = ", ".join(f"{p.name} {_pod_state(p)}" for p in views[:3]) or "no pods"
-        raise NoReadyPodError(
-            f'no ready pod for {kind.value} "{name}" in namespace "{namespace}" ({seen};'
-            f" kubectl -n {namespace} get pods -l {selector})"
-        )
-    # The newest ready pod: during a rollout it is the one that stays.
-    epoch = datetime.min.replace(tzinfo=UTC)
-    return max(ready, key=lambda p: (p.created or epoch, p.name))
+    return selector, [pod_view(p) for p in pods.items]
 
 
 def _pod_state(pod: PodView) -> str:

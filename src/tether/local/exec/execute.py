@@ -28,6 +28,7 @@ from tether.local.policy.served import nameservers_in, nsswitch_for_process, res
 from tether.local.proxies.dns_proxy import DnsProxy
 from tether.local.proxies.incoming import IncomingClient
 from tether.local.proxies.outgoing import OutgoingProxy, UdpProxy
+from tether.local.proxies.replicas import Replicas, replicas_for
 from tether.local.session.progress import Progress
 from tether.local.session.session import SessionError, open_session
 from tether.protocol.messages import GetEnv, GetHostname
@@ -201,8 +202,10 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         )
         supervisor.on_fatal = lambda: _kill_tree(launch.pid)
         incoming: IncomingClient | None = None
+        replicas: Replicas | None = None
         if config.incoming.mode != "off":
             incoming = IncomingClient(tunnel, config.incoming, progress, session.who)
+            replicas = replicas_for(session, incoming)
             supervisor.on_listen = incoming.subscribe_soon
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)
@@ -222,6 +225,8 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
             supervisor.detach(loop)
             if incoming is not None:
                 await incoming.close()
+            if replicas is not None:
+                await replicas.close()
             launch.listener.close()
             await supervisor.flush_writes()
             supervisor.cleanup()

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import socket
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from tether.config.models import IncomingConfig
@@ -46,6 +47,9 @@ class IncomingClient:
         self.failed: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._granted: set[int] = set()
+        self.on_subscribed: Callable[[int, int, Mode | None], Awaitable[None]] | None = None
+        """Called after each subscription the agent granted (remote, local, mode): how the
+        other replicas of a workload follow (replicas.py)."""
         tunnel.set_stream_handler(self._on_stream)
         tunnel.set_request_handler(self._on_request)
 
@@ -76,6 +80,8 @@ class IncomingClient:
         if chosen == "steal" and self.config.http_filter is not None:
             what = "steal requests matching the filter on"
         self.progress.step(f"incoming: {what} port {remote} -> localhost:{target_port}")
+        if self.on_subscribed is not None:
+            await self.on_subscribed(remote, target_port, mode)
 
     def subscribe_soon(self, local: int) -> None:
         """The local app listens on `local`: subscribe the remote port that maps to it, if

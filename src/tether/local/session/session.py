@@ -1,6 +1,8 @@
 """A session: the target resolved, an agent Job next to it, and one tunnel to that agent
 over a single API-server port-forward. Cleanup (the Job) happens on every exit path."""
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import functools
@@ -26,7 +28,13 @@ from tether.kube.agent_ready import wait_agent_ready
 from tether.kube.client import KubeClient, connect
 from tether.kube.errors import ClusterUnreachableError, KubeError
 from tether.kube.portforward import open_portforward
-from tether.kube.targets import ResolvedTarget, ensure_namespace, parse_target, resolve_target
+from tether.kube.targets import (
+    ResolvedTarget,
+    TargetSpec,
+    ensure_namespace,
+    parse_target,
+    resolve_target,
+)
 from tether.local.session.progress import Progress
 from tether.local.session.reconnect import keep_connected
 from tether.protocol import Connection, Role
@@ -58,6 +66,10 @@ class Session:
     session_id: str
     who: str
     """Who runs this session, for messages other sessions see (user@host pid N)."""
+    spec: TargetSpec
+    config: TetherConfig
+    progress: Progress
+    link: AgentLink
 
 
 def describe_user() -> str:
@@ -128,6 +140,117 @@ async def _leave(kube: KubeClient, acquired: AcquiredAgent, tunnel: Tunnel | Non
         return False
 
 
+@dataclass
+class AgentLink:
+    """One agent next to one pod (or a targetless one), and this session's tunnel to it,
+    kept connected (reconnect.py) until `close`."""
+
+    kube: KubeClient
+    target: ResolvedTarget | None
+    acquired: AcquiredAgent
+    pod: str
+    tunnel: Tunnel
+    keeper: asyncio.Task[None]
+
+    @property
+    def handle(self) -> AgentHandle:
+        """The agent's Job."""
+        return self.acquired.handle
+
+    async def close(self, progress: Progress) -> None:
+        """Leave the agent: say goodbye, close the tunnel, and delete the Job if this was
+        its last session."""
+        self.keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.keeper
+        last = self.target is None or await _leave(self.kube, self.acquired, self.tunnel)
+        await self.tunnel.close("session ended")
+        await _finish_agent(self.kube, self.acquired, last, progress)
+
+
+async def _finish_agent(
+    kube: KubeClient, acquired: AcquiredAgent, last: bool, progress: Progress
+) -> None:
+    handle = acquired.handle
+    if last:
+        await _retrying(
+            functools.partial(delete_agent_job, kube, handle),
+            f"deleting job {handle.namespace}/{handle.job_name}",
+            progress,
+        )
+        progress.detail(f"deleted job {handle.namespace}/{handle.job_name}")
+    else:
+        progress.detail(f"left the shared agent {handle.job_name} to its other sessions")
+
+
+async def attach_agent(
+    kube: KubeClient,
+    namespace: str,
+    target: ResolvedTarget | None,
+    config: TetherConfig,
+    progress: Progress,
+    session_id: str,
+) -> AgentLink:
+    """Create or join the agent next to `target` (a targetless session's own agent for
+    None) and connect to it. On failure nothing of it is left behind."""
+    for attempt in range(CONNECT_ATTEMPTS):
+        secret = new_secret()
+        manifest = agent_job_manifest(
+            session_id=session_id,
+            agent=config.agent,
+            target=target,
+            namespace=namespace,
+            shared=target is not None,
+        )
+        if target is None:
+            acquired = AcquiredAgent(await start_agent_job(kube, manifest, secret), secret, True)
+        else:
+            acquired = await acquire_agent(kube, manifest, secret)
+        handle = acquired.handle
+        verb = "created" if acquired.created else "joined"
+        progress.detail(f"{verb} job {handle.namespace}/{handle.job_name}")
+        for warning in handle.warnings:
+            progress.warn(f"the API server warns about the agent Job: {warning}")
+        tunnel: Tunnel | None = None
+        try:
+            try:
+                pod, tunnel = await _connect_agent(kube, handle, acquired.secret, config, progress)
+            except TunnelClosedError as exc:
+                if acquired.created or attempt == CONNECT_ATTEMPTS - 1:
+                    raise SessionError(f"agent refused the session: {exc}") from None
+                progress.detail(f"the shared agent is leaving ({exc}); starting over")
+                await _finish_agent(kube, acquired, False, progress)
+                continue
+            if target is not None and not acquired.created:
+                # A shared agent serves the whole pod; it started on its creator's container.
+                try:
+                    await tunnel.call(SessionTarget(target.container_id))
+                except RemoteOpError as exc:
+                    what = f"container {target.container_name}"
+                    raise SessionError(f"the shared agent cannot serve {what}: {exc}") from None
+        except BaseException:
+            last = (
+                target is None
+                or (tunnel is None and acquired.created)
+                or await _leave(kube, acquired, tunnel)
+            )
+            if tunnel is not None:
+                await tunnel.close("session ended")
+            await _finish_agent(kube, acquired, last, progress)
+            raise
+        keeper = asyncio.create_task(
+            keep_connected(
+                tunnel,
+                functools.partial(open_portforward, kube, handle.namespace, pod, config.agent.port),
+                config.agent.reconnect_timeout,
+                functools.partial(agent_running, kube, handle),
+                progress,
+            )
+        )
+        return AgentLink(kube, target, acquired, pod, tunnel, keeper)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 @contextlib.asynccontextmanager
 async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterator[Session]:
     """Start everything a command needs; tear all of it down when the block exits.
@@ -143,80 +266,23 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
         target = None if spec.targetless else await resolve_target(kube, spec, namespace)
         progress.step(f"target: {target.describe() if target else 'targetless'}")
         session_id = new_session_id()
-        for attempt in range(CONNECT_ATTEMPTS):
-            secret = new_secret()
-            manifest = agent_job_manifest(
-                session_id=session_id,
-                agent=config.agent,
-                target=target,
-                namespace=namespace,
-                shared=target is not None,
+        link = await attach_agent(kube, namespace, target, config, progress, session_id)
+        try:
+            yield Session(
+                kube,
+                namespace,
+                target,
+                link.handle,
+                link.pod,
+                link.tunnel,
+                session_id,
+                describe_user(),
+                spec,
+                config,
+                progress,
+                link,
             )
-            if target is None:
-                acquired = AcquiredAgent(
-                    await start_agent_job(kube, manifest, secret), secret, True
-                )
-            else:
-                acquired = await acquire_agent(kube, manifest, secret)
-            handle = acquired.handle
-            verb = "created" if acquired.created else "joined"
-            progress.detail(f"{verb} job {handle.namespace}/{handle.job_name}")
-            for warning in handle.warnings:
-                progress.warn(f"the API server warns about the agent Job: {warning}")
-            tunnel: Tunnel | None = None
-            try:
-                try:
-                    pod, tunnel = await _connect_agent(
-                        kube, handle, acquired.secret, config, progress
-                    )
-                except TunnelClosedError as exc:
-                    if acquired.created or attempt == CONNECT_ATTEMPTS - 1:
-                        raise SessionError(f"agent refused the session: {exc}") from None
-                    progress.detail(f"the shared agent is leaving ({exc}); starting over")
-                    continue
-                if target is not None and not acquired.created:
-                    # A shared agent serves the whole pod; it started on its creator's container.
-                    try:
-                        await tunnel.call(SessionTarget(target.container_id))
-                    except RemoteOpError as exc:
-                        what = f"container {target.container_name}"
-                        raise SessionError(f"the shared agent cannot serve {what}: {exc}") from None
-                keepalive = asyncio.create_task(
-                    keep_connected(
-                        tunnel,
-                        functools.partial(
-                            open_portforward, kube, handle.namespace, pod, config.agent.port
-                        ),
-                        config.agent.reconnect_timeout,
-                        functools.partial(agent_running, kube, handle),
-                        progress,
-                    )
-                )
-                try:
-                    yield Session(
-                        kube, namespace, target, handle, pod, tunnel, session_id, describe_user()
-                    )
-                finally:
-                    keepalive.cancel()
-            finally:
-                last = (
-                    target is None
-                    or (tunnel is None and acquired.created)
-                    or await _leave(kube, acquired, tunnel)
-                )
-                if tunnel is not None:
-                    await tunnel.close("session ended")
-                if last:
-                    await _retrying(
-                        functools.partial(delete_agent_job, kube, handle),
-                        f"deleting job {handle.namespace}/{handle.job_name}",
-                        progress,
-                    )
-                    progress.detail(f"deleted job {handle.namespace}/{handle.job_name}")
-                else:
-                    progress.detail(
-                        f"left the shared agent {handle.job_name} to its other sessions"
-                    )
-            return
+        finally:
+            await link.close(progress)
     finally:
         await kube.close()
