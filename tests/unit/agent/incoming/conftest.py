@@ -3,7 +3,7 @@ router in front of them (requests with `x-dev: alice` go to the local one)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
 import pytest
 
@@ -14,24 +14,17 @@ from tests.unit.agent.incoming.http_peers import (
     alice_filter,
     filters_decide,
 )
-from tether.agent.incoming.filters import HttpFilter
-from tether.agent.incoming.router import RequestHead
 
-MakeRouter = Callable[..., Awaitable[Router]]
+MakeRouter = Callable[[dict[Hashable, int]], Awaitable[Router]]
 
 
 @pytest.fixture
 async def make_router() -> AsyncIterator[MakeRouter]:
-    """Start routers: make_router(ports, filters=[("local", alice_filter())], seen=None)."""
+    """Start routers: make_router(ports), routing `x-dev: alice` requests to "local"."""
     routers: list[Router] = []
 
-    async def make(
-        ports: dict[Hashable, int],
-        filters: Sequence[tuple[Hashable, HttpFilter]] | None = None,
-        seen: list[RequestHead] | None = None,
-    ) -> Router:
-        chosen = filters if filters is not None else [("local", alice_filter())]
-        router = Router(filters_decide(chosen, seen), ports)
+    async def make(ports: dict[Hashable, int]) -> Router:
+        router = Router(filters_decide([("local", alice_filter())]), ports)
         await router.start()
         routers.append(router)
         return router

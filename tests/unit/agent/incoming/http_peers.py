@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import re
 import socket
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,9 +18,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-import h2.settings
 import h11
-from hyperframe.frame import GoAwayFrame
 
 from tether.agent.incoming.filters import HttpFilter
 from tether.agent.incoming.pipes import Pipe, SocketPipe
@@ -30,9 +28,9 @@ LOOPBACK = "127.0.0.1"
 Header = tuple[bytes, bytes]
 
 
-def alice_filter(**kwargs: Any) -> HttpFilter:
+def alice_filter() -> HttpFilter:
     """The filter most tests use: requests with `x-dev: alice` go to the local app."""
-    return HttpFilter(headers=(re.compile(r"^x-dev: alice$"),), **kwargs)
+    return HttpFilter(headers=(re.compile(r"^x-dev: alice$"),))
 
 
 def filters_decide(
@@ -67,8 +65,10 @@ class Router:
         self, decide: Callable[[RequestHead], Hashable | None], ports: dict[Hashable, int]
     ) -> None:
         self.decide = decide
-        self.ports = ports  # route key (None = original) -> upstream port; tests may change it
+        self.ports = ports  # route key (None = original) -> upstream port
         self.connects: collections.Counter[Hashable] = collections.Counter()
+        # What the first read of each connection got (before `route_http` sees it).
+        self.first_reads: asyncio.Queue[bytes] = asyncio.Queue()
         self.finished = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -93,6 +93,7 @@ class Router:
         self._idle.clear()
         try:
             first = await reader.read(65536)
+            self.first_reads.put_nowait(first)
             if first:
                 await route_http(SocketPipe(reader, writer), first, self.decide, self.connect)
                 self.finished += 1
@@ -237,22 +238,11 @@ class H1Server(_Peers):
             self.seen.append(seen)
             path = urlsplit(target).path
             headers = [(b"X-Server", self.name.encode())]
-            if path == "/eof":
-                # A body delimited by closing the connection (h11 never writes one itself).
-                await next_event()
-                writer.write(b"HTTP/1.1 200 OK\r\nX-Server: " + self.name.encode() + b"\r\n\r\n")
-                writer.write(b"until the end " + self.name.encode())
-                await writer.drain()
-                return
-            if path == "/drop":
-                return  # closes without answering
             if request.method == b"CONNECT":
                 await next_event()  # EndOfMessage
                 await send(h11.Response(status_code=200, headers=headers))
                 await self._echo(conn, reader, writer)
                 return
-            if path == "/continue" and conn.they_are_waiting_for_100_continue:
-                await send(h11.InformationalResponse(status_code=100, headers=headers))
             if path == "/upgrade":
                 await next_event()  # EndOfMessage
                 await send(
@@ -304,13 +294,6 @@ class H1Server(_Peers):
         length: int,
         digest: Any,
     ) -> None:
-        name = self.name.encode()
-        if path == "/chunked":
-            await send(h11.Response(status_code=200, headers=headers))
-            for part in (b"one ", b"two ", name):
-                await send(h11.Data(data=part))
-            await send(h11.EndOfMessage(headers=[(b"X-Trailer", name)]))
-            return
         if path == "/big":
             size = int(parse_qs(urlsplit(target).query)["n"][0])
             await send(
@@ -343,11 +326,9 @@ class H1Server(_Peers):
             text = f"{self.name} {length} {digest.hexdigest()}".encode()
         else:
             text = f"{self.name} {request.method.decode()} {target} {length}".encode()
-        extra = [(b"Connection", b"close")] if path == "/close" else []
         await send(
             h11.Response(
-                status_code=200,
-                headers=[*headers, *extra, (b"Content-Length", str(len(text)).encode())],
+                status_code=200, headers=[*headers, (b"Content-Length", str(len(text)).encode())]
             )
         )
         if request.method != b"HEAD":
@@ -360,8 +341,6 @@ class Reply:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
-    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    informational: list[int] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -420,36 +399,18 @@ class H1Client:
         return await self.read_reply()
 
     async def read_reply(self) -> Reply:
-        informational: list[int] = []
-        while True:
-            event = await self.next_event()
-            if isinstance(event, h11.InformationalResponse):
-                informational.append(event.status_code)
-                continue
-            assert isinstance(event, h11.Response), event
-            break
+        event = await self.next_event()
+        assert isinstance(event, h11.Response), event
         body = bytearray()
         while True:
             part = await self.next_event()
             if isinstance(part, h11.EndOfMessage):
                 break
             body += part.data
-        reply = Reply(
-            event.status_code,
-            list(event.headers.raw_items()),
-            bytes(body),
-            list(part.headers.raw_items()),
-            informational,
-        )
+        reply = Reply(event.status_code, list(event.headers.raw_items()), bytes(body))
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
         return reply
-
-    async def at_eof(self, timeout: float = 5.0) -> bool:
-        """Whether the router closes the connection (reads what is left, which must be none)."""
-        async with asyncio.timeout(timeout):
-            rest = await self.reader.read()
-        return rest == b""
 
     async def close(self) -> None:
         self.writer.close()
@@ -502,7 +463,6 @@ class H2Endpoint:
         self.conn = conn
         self.window_changed = asyncio.Event()
         self.closed = asyncio.Event()
-        self.sent: collections.Counter[int] = collections.Counter()  # DATA bytes per stream
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -523,9 +483,8 @@ class H2Endpoint:
             self.closed.set()
             self.window_changed.set()
 
-    async def send_body(
-        self, stream_id: int, body: bytes, *, end: bool = True, trailers: list[Header] | None = None
-    ) -> None:
+    async def send_body(self, stream_id: int, body: bytes) -> None:
+        """Send `body` as the window allows, then end the stream."""
         view = memoryview(body)
         while view:
             room = min(
@@ -538,14 +497,10 @@ class H2Endpoint:
                 await self.window_changed.wait()
                 continue
             self.conn.send_data(stream_id, bytes(view[:room]))
-            self.sent[stream_id] += len(view[:room])
             view = view[room:]
             self.flush()
             await self.writer.drain()
-        if trailers is not None:
-            self.conn.send_headers(stream_id, trailers, end_stream=True)
-        elif end:
-            self.conn.end_stream(stream_id)
+        self.conn.end_stream(stream_id)
         self.flush()
         await self.writer.drain()
 
@@ -555,9 +510,7 @@ class H2Exchange:
     """One stream's response as the test client got it."""
 
     headers: list[Header] = field(default_factory=list)
-    informational: list[list[Header]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
-    trailers: list[Header] = field(default_factory=list)
     reset: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     got_headers: asyncio.Event = field(default_factory=asyncio.Event)
@@ -576,22 +529,29 @@ class H2Client:
     def __init__(self, endpoint: H2Endpoint) -> None:
         self.ep = endpoint
         self.exchanges: dict[int, H2Exchange] = {}
-        self.goaway: h2.events.ConnectionTerminated | None = None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, port: int, *, split_preface: int = 0) -> H2Client:
-        """Connect; with `split_preface`, the first bytes go out in two writes, split there."""
+    async def open(
+        cls,
+        port: int,
+        *,
+        split_preface: int = 0,
+        between: Callable[[], Awaitable[object]] | None = None,
+    ) -> H2Client:
+        """Connect; with `split_preface`, the first bytes go out in two writes, split there,
+        the second once `between()` is over (say, once the router has read the first)."""
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         conn = h2.connection.H2Connection(config=config)
         conn.initiate_connection()
         client = cls(H2Endpoint(reader, writer, conn))
         if split_preface:
+            assert between is not None
             data = conn.data_to_send()
             writer.write(data[:split_preface])
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await between()
             writer.write(data[split_preface:])
         client.ep.flush()
         client._task = asyncio.create_task(client.ep.run(client._on_event))
@@ -599,7 +559,6 @@ class H2Client:
 
     def _on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway = event
             for pending in self.exchanges.values():
                 pending.done.set()
             return
@@ -607,16 +566,12 @@ class H2Client:
         exchange = self.exchanges.get(sid) if isinstance(sid, int) else None
         if exchange is None:
             return
-        if isinstance(event, h2.events.InformationalResponseReceived):
-            exchange.informational.append(list(event.headers))
-        elif isinstance(event, h2.events.ResponseReceived):
+        if isinstance(event, h2.events.ResponseReceived):
             exchange.headers = list(event.headers)
             exchange.got_headers.set()
         elif isinstance(event, h2.events.DataReceived):
             exchange.body += event.data
             self.ep.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.TrailersReceived):
-            exchange.trailers = list(event.headers)
         elif isinstance(event, h2.events.StreamEnded):
             exchange.done.set()
         elif isinstance(event, h2.events.StreamReset):
@@ -631,9 +586,8 @@ class H2Client:
         method: str = "GET",
         headers: Iterable[tuple[str, str]] = (),
         body: bytes | None = None,
-        end: bool = True,
     ) -> int:
-        """Open a stream (and send `body`, ending the stream if `end`); its id."""
+        """Open a stream (and send `body`), ending it; its id."""
         conn = self.ep.conn
         sid = conn.get_next_available_stream_id()
         self.exchanges[sid] = H2Exchange()
@@ -644,10 +598,10 @@ class H2Client:
             (b":authority", b"example.test"),
             *((k.encode(), v.encode()) for k, v in headers),
         ]
-        conn.send_headers(sid, hdrs, end_stream=body is None and end)
+        conn.send_headers(sid, hdrs, end_stream=body is None)
         self.ep.flush()
         if body is not None:
-            await self.ep.send_body(sid, body, end=end)
+            await self.ep.send_body(sid, body)
         return sid
 
     async def request(
@@ -668,10 +622,6 @@ class H2Client:
             await exchange.done.wait()
         return exchange
 
-    def reset(self, sid: int, code: int = 8) -> None:
-        self.ep.conn.reset_stream(sid, code)
-        self.ep.flush()
-
     async def close(self) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.ep.conn.close_connection()
@@ -686,18 +636,13 @@ class H2Client:
 
 class H2Server(_Peers):
     """An HTTP/2 server (h2) answering "<name> <method> <path> <body length>" with
-    `x-server: <name>`; /echo echoes the body, /big?n= sends n bytes, /trailers adds
-    trailers, /hang answers the head and never ends (recording the client's reset)."""
+    `x-server: <name>`; /echo echoes the body, /big?n= sends n bytes, /hang answers the head
+    and never ends, /drop drops the connection, /goaway answers and sends GOAWAY with it."""
 
-    def __init__(self, name: str, max_streams: int | None = None) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.max_streams = max_streams
         self.paths: list[str] = []
-        self.resets: list[int] = []
-        self.reset_seen = asyncio.Event()
-        self.concurrent = 0
-        self.max_concurrent_seen = 0
 
     async def start(self) -> int:
         return await self._listen(self._serve)
@@ -706,10 +651,6 @@ class H2Server(_Peers):
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         conn = h2.connection.H2Connection(config=config)
         conn.initiate_connection()
-        if self.max_streams is not None:
-            conn.update_settings(
-                {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams}
-            )
         ep = H2Endpoint(reader, writer, conn)
         ep.flush()
         requests: dict[int, tuple[list[Header], bytearray]] = {}
@@ -718,17 +659,10 @@ class H2Server(_Peers):
         def on_event(event: h2.events.Event) -> None:
             if isinstance(event, h2.events.RequestReceived):
                 requests[event.stream_id] = (list(event.headers), bytearray())
-                self.concurrent += 1
-                self.max_concurrent_seen = max(self.max_concurrent_seen, self.concurrent)
             elif isinstance(event, h2.events.DataReceived):
-                headers, body = requests[event.stream_id]
+                _, body = requests[event.stream_id]
                 body.extend(event.data)
-                if (b":path", b"/noread") not in headers:  # /noread never opens its window
-                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                self.resets.append(int(event.error_code))
-                self.reset_seen.set()
-                self.concurrent -= 1
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):  # (also after RequestReceived)
                 headers, body = requests[event.stream_id]
                 task = asyncio.create_task(self._respond(ep, event.stream_id, headers, body))
@@ -750,36 +684,15 @@ class H2Server(_Peers):
         method, target = h[b":method"].decode(), h[b":path"].decode()
         path = urlsplit(target).path
         self.paths.append(path)
-        name = self.name.encode()
-        head = [(b":status", b"200"), (b"x-server", name)]
+        head = [(b":status", b"200"), (b"x-server", self.name.encode())]
         try:
-            if path == "/slow":
-                await asyncio.sleep(0.05)
-            if path == "/slow-goaway":
-                # A graceful GOAWAY (no new streams) while this stream still runs. Written by
-                # hand: h2 would refuse to send anything after its own GOAWAY.
-                ep.flush()
-                ep.writer.write(GoAwayFrame(0, last_stream_id=sid, error_code=0).serialize())
-                await asyncio.sleep(0.05)
             if path == "/hang":
                 ep.conn.send_headers(sid, head)
                 ep.flush()
                 return
-            if path == "/reset":
-                code = int(parse_qs(urlsplit(target).query)["code"][0])
-                ep.conn.reset_stream(sid, code)
-                ep.flush()
-                return
-            if path == "/goaway-low":
-                # GOAWAY saying only stream 1 was (or will be) processed: this one was not.
-                ep.flush()
-                ep.writer.write(GoAwayFrame(0, last_stream_id=1, error_code=0).serialize())
-                return
             if path == "/drop":
                 ep.writer.transport.abort()
                 return
-            if path == "/early-hints":
-                ep.conn.send_headers(sid, [(b":status", b"103"), (b"link", b"</s.css>")])
             if path == "/echo":
                 data = bytes(body)
             elif path == "/big":
@@ -788,17 +701,16 @@ class H2Server(_Peers):
             else:
                 data = f"{self.name} {method} {target} {len(body)}".encode()
             ep.conn.send_headers(sid, head)
+            if path == "/goaway":
+                # The whole answer and a GOAWAY in one write, so the peer reads them together
+                # (it cannot start another stream on this connection in between). The
+                # connection stays open: the peer, done with it, closes it.
+                ep.conn.send_data(sid, data, end_stream=True)
+                ep.conn.close_connection(last_stream_id=sid)
+                ep.flush()
+                return
             ep.flush()
-            trailers = [(b"x-trailer", name)] if path == "/trailers" else None
-            await ep.send_body(sid, data, trailers=trailers)
-            self.concurrent -= 1
-            if path in ("/goaway", "/slow-goaway"):
-                if path == "/goaway":
-                    ep.conn.close_connection(last_stream_id=sid)
-                    ep.flush()
-                await ep.writer.drain()
-                await asyncio.sleep(0.02)
-                ep.writer.close()
+            await ep.send_body(sid, data)
         except (h2.exceptions.ProtocolError, OSError):
             pass
 

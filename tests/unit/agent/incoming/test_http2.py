@@ -88,7 +88,7 @@ async def test_upstream_goaway_then_new_connection(
 ) -> None:
     client = await H2Client.open(h2_router.port)
     assert (await client.request("/goaway")).status == 200
-    await h2_original.wait_all_closed()  # the app sent GOAWAY and closed
+    await h2_original.wait_all_closed()  # GOAWAY: the router closed the idle connection
     exchange = await client.request("/next")
     assert h2_body(exchange) == "original GET /next 0"
     assert h2_router.connects[None] == 2

@@ -36,10 +36,24 @@ def test_looks_like_http(first: bytes, expected: bool) -> None:
     assert looks_like_http(first) is expected
 
 
+async def first_read(router: Router) -> bytes:
+    """What the router's first read got on its next connection."""
+    async with asyncio.timeout(5):
+        return await router.first_reads.get()
+
+
 async def test_preface_split_over_reads_is_http2(h2_router: Router) -> None:
     # The router's first read gets a part of the preface only: it still picks HTTP/2.
+    firsts: list[bytes] = []
+
+    async def router_read_first_part() -> None:
+        firsts.append(await first_read(h2_router))
+
     for split in (1, 5, 23):
-        client = await H2Client.open(h2_router.port, split_preface=split)
+        client = await H2Client.open(
+            h2_router.port, split_preface=split, between=router_read_first_part
+        )
+        assert firsts.pop() == PREFACE[:split]
         assert h2_body(await client.request("/after")) == "original GET /after 0"
         await client.close()
 
@@ -50,7 +64,7 @@ async def test_http1_method_starting_like_the_preface(h2_router: Router) -> None
     reader, writer = await asyncio.open_connection(LOOPBACK, h2_router.port)
     writer.write(b"P")
     await writer.drain()
-    await asyncio.sleep(0.05)
+    assert await first_read(h2_router) == b"P"
     writer.write(b"UT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     await writer.drain()
     async with asyncio.timeout(5):
