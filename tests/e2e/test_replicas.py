@@ -4,7 +4,11 @@ land."""
 
 import http.client
 import json
+import os
 import signal
+import sys
+import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +20,7 @@ from tests.e2e.cleanup import remove_tether_chains_of, sweep, tether_chains_of
 from tests.e2e.cli import AGENT, agent_objects
 from tests.e2e.kube import get, kubectl
 from tests.e2e.test_incoming import LocalApp, Tether, request, wait_until
+from tether.agent.target import find_container_pid
 
 WEB = ["--target", "deployment/web", "-n", "shop", *AGENT]
 
@@ -46,8 +51,14 @@ def web_manifest(replicas: int) -> dict[str, Any]:
                                     "imagePullPolicy": "Never",
                                     "command": ["python3", "-u", "/app/shop.py", "backend"],
                                     "ports": [{"name": "http", "containerPort": 8080}],
+                                    # Ready 2 s after it starts, as an app that loads
+                                    # something first: a new pod's agent needs about that
+                                    # long to start beside it on this 2-core node, and a
+                                    # pod Ready sooner gets its first requests answered by
+                                    # itself (see README, "Which pod").
                                     "readinessProbe": {
                                         "httpGet": {"path": "/healthz", "port": "http"},
+                                        "initialDelaySeconds": 2,
                                         "periodSeconds": 1,
                                     },
                                     "volumeMounts": [{"name": "app", "mountPath": "/app"}],
@@ -210,3 +221,124 @@ def test_kill_9_during_a_steal_on_three_replicas_gives_every_pod_back(
         assert time.monotonic() - killed <= 5
     # The agents held the vanished session for reconnect_timeout; then their rules went.
     wait_until(lambda: not tether_chains_of("shop", "web"), 3 + 10, "no rules on any replica")
+
+
+# Two requests a second to another Service for a while; every outcome recorded with its time.
+CLIENT_LOOP = textwrap.dedent(
+    """
+    import json, os, sys, time, urllib.request
+    seconds = float(sys.argv[1])
+    results = []
+    end = time.monotonic() + seconds
+    print("pid", os.getpid(), flush=True)
+    while time.monotonic() < end:
+        at = time.time()
+        try:
+            body = json.loads(urllib.request.urlopen("http://backend/loop", timeout=5).read())
+            results.append([at, body["service"]])
+        except Exception as exc:
+            results.append([at, repr(exc)])
+        print("tick", len(results), flush=True)
+        time.sleep(0.5)
+    print(json.dumps(results), flush=True)
+    """
+)
+
+
+def rollout_restart() -> float:
+    """Restart the web rollout; the wall-clock time its new pods were all Ready."""
+    kubectl("-n", "shop", "rollout", "restart", "deployment/web")
+    kubectl("-n", "shop", "rollout", "status", "deployment/web", "--timeout=180s")
+    wait_until(lambda: len(ready_web_pods()) == 3, 60, "3 web pods Ready after the rollout")
+    return time.time()
+
+
+def test_exec_follows_a_rollout_and_the_program_never_restarts(web: str) -> None:
+    t = Tether("exec", "-v", *WEB, "--", sys.executable, "-c", CLIENT_LOOP, "45")
+    out: list[str] = []
+
+    def read() -> None:
+        assert t.proc.stdout is not None
+        out.extend(line.rstrip("\n") for line in t.proc.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any(line.startswith("tick 4") for line in out), 90, "the loop runs")
+        ready = rollout_restart()
+        code = t.proc.wait(120)
+        reader.join(10)
+    finally:
+        t.stop(signal.SIGKILL)
+    assert code == 0, t.stderr
+    assert sum(line.startswith("pid ") for line in out) == 1  # one program, never restarted
+    results = json.loads(out[-1])
+    after = [r for r in results if r[0] > ready + 2]
+    assert after and all(r[1] == "backend" for r in after), (after, t.stderr)
+    assert "went away; now on" in t.stderr, t.stderr
+
+
+def test_a_filtered_steal_follows_a_rollout(web: str) -> None:
+    with LocalApp("alice") as app:
+        t = Tether(
+            "port-forward", "-v", *WEB, "-R", f"8080:{app.port}",
+            "--http-header-filter", "^x-dev: alice$",
+        )  # fmt: skip
+        answers: list[tuple[float, str]] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    got = ask(web, f"/r/{i}", "alice")
+                    answers.append((time.time(), f"{got['service']} {got.get('pod', '')}".strip()))
+                except Exception as exc:
+                    answers.append((time.time(), repr(exc)))
+                i += 1
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=client, daemon=True)
+        try:
+            t.wait_for("incoming:")
+            covered(t, 3)
+            thread.start()
+            ready = rollout_restart()
+            time.sleep(6)
+        finally:
+            stop.set()
+            thread.join(15)
+            t.stop(signal.SIGTERM)
+    after = [a for a in answers if a[0] > ready + 2]
+    assert after and all(s == "local" for _, s in after), (
+        [(round(at - ready, 2), s) for at, s in answers if s != "local" and at > ready],
+        "\n".join(line for line in t.lines if "pod" in line or "warning" in line),
+    )
+    assert "went away; now on" in t.stderr, t.stderr
+
+
+def test_exec_follows_a_container_restart_in_its_pod(web: str) -> None:
+    scale(1)
+    (pod,) = ready_web_pods()
+    t = Tether("exec", "-v", *WEB, "--", sys.executable, "-c", CLIENT_LOOP, "30")
+    out: list[str] = []
+
+    def read() -> None:
+        assert t.proc.stdout is not None
+        out.extend(line.rstrip("\n") for line in t.proc.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any(line.startswith("tick 4") for line in out), 90, "the loop runs")
+        status = get("pod", pod, "shop")["status"]["containerStatuses"][0]
+        os.kill(find_container_pid(status["containerID"]), signal.SIGKILL)  # a crash
+        code = t.proc.wait(120)
+        reader.join(10)
+    finally:
+        t.stop(signal.SIGKILL)
+    assert code == 0, t.stderr
+    assert sum(line.startswith("pid ") for line in out) == 1
+    assert "restarted; now on the new one" in t.stderr, t.stderr
+    results = json.loads(out[-1])
+    assert all(r[1] == "backend" for r in results[-10:]), (results, t.stderr)

@@ -142,6 +142,10 @@ class Operations:
             case SessionTarget(container_id):
                 return TargetAnswer(self._serve_container(container_id))
             case SessionLeave():
+                # Its subscriptions go before the answer, not when its tunnel closes later:
+                # whatever the leaver does next (subscribe again elsewhere) meets none of them.
+                if self.incoming is not None and self.session is not None:
+                    await self.incoming.drop_session(self.session)
                 return LeaveAnswer(self.on_leave() if self.on_leave is not None else True)
             case IncomingSubscribe():
                 return await self._subscribe(request)

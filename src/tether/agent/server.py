@@ -22,6 +22,7 @@ from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, host_network_refusal
 from tether.protocol import Connection, LocalProtocolError, RemoteError, ResumeRequested, Role
+from tether.protocol.events import TARGET_GONE
 from tether.protocol.launch import ready_line
 from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
 from tether.tunnel.datagrams import relay_datagrams
@@ -74,6 +75,7 @@ class Agent:
         self._idle_since = clock()
         self._stop = asyncio.Event()
         self._why = "agent exiting"
+        self._code = ""
 
     async def serve(
         self, host: str, port: int, on_ready: Callable[[int], None] | None = None
@@ -104,7 +106,7 @@ class Agent:
             unwatch()
             server.close()
             for tunnel in list(self.sessions):
-                await tunnel.close(self._why)
+                await tunnel.close(self._why, self._code)
             if self.incoming is not None:
                 await self.incoming.close()
             self.executor.shutdown()
@@ -143,6 +145,7 @@ class Agent:
             return
         log.warning("the target process %s exited: ending every session", self.target.pid)
         self._why = "the target container exited (its pod was deleted or restarted)"
+        self._code = TARGET_GONE
         self._stop.set()
 
     def stop(self) -> None:

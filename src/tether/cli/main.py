@@ -307,6 +307,7 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
         try:
             async with open_session(config, progress) as session:
                 incoming = IncomingClient(session.tunnel, config.incoming, progress, session.who)
+                session.on_moved.append(incoming.resubscribe)
                 replicas = replicas_for(session, incoming, start=False) if reverse else None
                 try:
                     for spec in reverse:

@@ -3,6 +3,7 @@ and listing what a namespace offers."""
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,6 +19,7 @@ from tether.kube.errors import (
     Operation,
     TargetNotFoundError,
     TargetNotRunningError,
+    error_for_exception,
 )
 from tether.kube.objects import PodView, label_selector, pod_view
 
@@ -142,6 +144,8 @@ class ResolvedTarget:
     """The service mesh the pod is part of (see detect_mesh), if any."""
     host_network: bool = False
     """The pod uses the node's network: the agent refuses to redirect its ports."""
+    deleting: bool = False
+    """The pod is being deleted (it may still run for its grace period)."""
 
     def describe(self) -> str:
         """One line for the user: which pod and container a target resolved to."""
@@ -221,10 +225,19 @@ async def resolve_target(kc: KubeClient, spec: TargetSpec, namespace: str) -> Re
     return _resolved(spec, namespace, pod)
 
 
-async def ready_targets(kc: KubeClient, spec: TargetSpec, namespace: str) -> list[ResolvedTarget]:
-    """Every Ready pod of a deployment or statefulset target, resolved as `resolve_target`
-    would resolve it (pods whose chosen container is not running are left out); for a pod
-    target, that pod if it runs. Raises as `resolve_target` for a missing workload."""
+async def ready_targets(
+    kc: KubeClient,
+    spec: TargetSpec,
+    namespace: str,
+    *,
+    started: bool = False,
+    deleting: bool = False,
+) -> list[ResolvedTarget]:
+    """Every Ready pod of a deployment or statefulset target (with `started`, every pod
+    whose chosen container runs, Ready or not yet), resolved as `resolve_target` would
+    resolve it; pods being deleted are left out unless `deleting` (`ResolvedTarget.deleting`
+    says which). For a pod target, that pod if it runs. Raises as `resolve_target` for a
+    missing workload."""
     if spec.kind is TargetKind.POD:
         return [await resolve_target(kc, spec, namespace)]
     if spec.kind is TargetKind.TARGETLESS or spec.name is None:
@@ -232,7 +245,9 @@ async def ready_targets(kc: KubeClient, spec: TargetSpec, namespace: str) -> lis
     _, views = await _workload_pods(kc, spec.kind, spec.name, namespace)
     out = []
     for pod in views:
-        if not pod.ready() or pod.deleting:
+        if (pod.deleting and not deleting) or pod.phase != "Running":
+            continue
+        if not (started or pod.ready()):
             continue
         try:
             out.append(_resolved(spec, namespace, pod))
@@ -264,6 +279,7 @@ def _resolved(spec: TargetSpec, namespace: str, pod: PodView) -> ResolvedTarget:
         pod_ip=pod.pod_ip,
         mesh=detect_mesh(pod),
         host_network=pod.host_network,
+        deleting=pod.deleting,
     )
 
 
@@ -382,3 +398,32 @@ def _is_agent(pod: PodView) -> bool:
 
 def _name(obj: Any) -> str:
     return str(obj.metadata.name)
+
+
+async def watch_workload_pods(
+    kc: KubeClient, spec: TargetSpec, namespace: str, on_change: Callable[[], None]
+) -> None:
+    """Call `on_change()` at every change of the workload's pods (added, a phase or a
+    readiness flip, deleted), until cancelled; the watch is renewed when the server ends it.
+    Raises a KubeError when the workload or the watch cannot be had."""
+    from kubernetes_asyncio import watch
+
+    if spec.kind is TargetKind.POD or spec.kind is TargetKind.TARGETLESS or spec.name is None:
+        raise ValueError("only a workload has pods to watch")
+    selector, _ = await _workload_pods(kc, spec.kind, spec.name, namespace)
+    op = Operation("watch", "pods", namespace)
+    while True:
+        try:
+            async with watch.Watch().stream(
+                kc.core.list_namespaced_pod,
+                namespace,
+                label_selector=selector,
+                timeout_seconds=300,
+            ) as events:
+                async for _ in events:
+                    on_change()
+        except Exception as exc:
+            error = error_for_exception(exc, op, kc.server)
+            if error is None:
+                raise
+            raise error from exc

@@ -486,7 +486,8 @@ class Connection:
         return PongReceived(frame.payload)
 
     def _on_goaway(self, frame: Frame) -> Event:
-        return ConnectionTerminated(str(unpack_map(frame.payload).get("reason", "")))
+        msg = unpack_map(frame.payload)
+        return ConnectionTerminated(str(msg.get("reason", "")), str(msg.get("code", "")))
 
     def _dispatch_handshake(self, frame: Frame) -> Event | None:
         ftype = frame.type
@@ -770,9 +771,11 @@ class Connection:
             raise LocalProtocolError("connection not open")
         self._ctl.append(encode(FrameType.PING, 0, data[:64]))
 
-    def close(self, reason: str = "") -> None:
-        """Queue a GOAWAY and close; later calls that send raise ProtocolError."""
+    def close(self, reason: str = "", code: str = "") -> None:
+        """Queue a GOAWAY and close; later calls that send raise LocalProtocolError. `code`
+        is a machine word the peer may act on (TARGET_GONE)."""
         if self._state is _State.OPEN:
-            self._out.append(encode(FrameType.GOAWAY, 0, pack({"reason": reason})))
+            msg = {"reason": reason, "code": code} if code else {"reason": reason}
+            self._out.append(encode(FrameType.GOAWAY, 0, pack(msg)))
         self._state = _State.CLOSED
         self._streams.clear()

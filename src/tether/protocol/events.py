@@ -125,9 +125,16 @@ class PongReceived:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionTerminated:
-    """The peer is closing the connection (GOAWAY) with `reason`."""
+    """The peer is closing the connection (GOAWAY) with `reason`, and a `code` to act on
+    ("" or TARGET_GONE)."""
 
     reason: str
+    code: str = ""
+
+
+TARGET_GONE = "target-gone"
+"""GOAWAY code: the agent's target process exited (its pod deleted, its container restarted),
+so the agent ends every session; a workload session may move to another pod."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,15 @@ class TunnelClosedError(UserError, ConnectionError):
     """The tunnel is gone (transport closed, protocol error, or rejected handshake)."""
 
 
+class PeerMovedError(TunnelClosedError):
+    """The peer ended the session with a GOAWAY code the tunnel was told to follow
+    (`follow_codes`): it is suspended, waiting for a `rebase` onto another peer."""
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
 class ResumeRefusedError(TunnelClosedError):
     """The agent would not take the session back (it expired, or the agent is another)."""
 
@@ -106,6 +115,8 @@ class Tunnel:
         self.last_received = time.monotonic()
         # The peer ended the tunnel on purpose (GOAWAY), as opposed to the transport failing.
         self.peer_closed = False
+        # GOAWAY codes after which the tunnel waits for a `rebase` instead of ending.
+        self.follow_codes: frozenset[str] = frozenset()
 
     def set_request_handler(self, handler: RequestHandler | None) -> None:
         """Answer the peer's requests with `handler` from now on (None: ENOSYS)."""
@@ -198,6 +209,9 @@ class Tunnel:
             self._spawn(self.transport.close())
             return
         log.info("transport lost: %s", why)
+        self._suspend(why)
+
+    def _suspend(self, why: BaseException) -> None:
         self.lost_because = why
         self._suspensions += 1
         self._connected.clear()
@@ -205,6 +219,46 @@ class Tunnel:
         self._stop_loops()
         self.conn.transport_lost()
         self._spawn(self.transport.close())
+
+    async def rebase(self, conn: Connection, transport: Transport, timeout: float = 10.0) -> None:
+        """Carry on with another peer: a fresh client `conn` over `transport` (an agent next
+        to another pod of the workload). What lived on the old connection cannot move:
+        every stream is reset (ECONNRESET) and every pending request fails; the handlers,
+        and so whoever holds this tunnel, stay.
+
+        Raises TunnelClosedError (or the transport's error) if the handshake fails; the
+        tunnel is then still suspended, for another try."""
+        gone = RemoteError("ECONNRESET", "the pod went away", errno.ECONNRESET)
+        moved = TunnelClosedError("the pod went away")
+        for stream in list(self._streams.values()):
+            stream._on_reset(gone)
+        self._streams.clear()
+        for fut in [*self._pending.values(), *self._opening.values(), *self._pongs.values()]:
+            if not fut.done():
+                fut.set_exception(moved)
+        self._pending.clear()
+        self._opening.clear()
+        self._pongs.clear()
+        self._stop_loops()
+        self.conn = conn
+        self.transport = transport
+        self.peer_closed = False
+        self._handing_over = False
+        self._handshake = asyncio.get_running_loop().create_future()
+        conn.initiate()
+        self._run_loops()
+        self._flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
+        except TimeoutError:
+            self._stop_loops()
+            conn.transport_lost()
+            await transport.close()
+            raise TunnelClosedError(f"no handshake within {timeout:g} s") from None
+        self.lost_because = None
+        self._interrupted.clear()
+        self._connected.set()
+        self.last_received = time.monotonic()
 
     async def resume(self, transport: Transport, timeout: float = 10.0) -> None:
         """Client: carry on over `transport` (a new port-forward to the same agent).
@@ -287,12 +341,13 @@ class Tunnel:
         """Whether the tunnel has ended."""
         return self._done.is_set()
 
-    async def close(self, reason: str = "") -> None:
-        """Say GOAWAY, flush, close the transport, and fail everything pending."""
+    async def close(self, reason: str = "", code: str = "") -> None:
+        """Say GOAWAY (with `code` for the peer to act on), flush, close the transport, and
+        fail everything pending."""
         if self._done.is_set():
             return
         with contextlib.suppress(LocalProtocolError):
-            self.conn.close(reason)
+            self.conn.close(reason, code)
         data = self.conn.data_to_send()
         if data:
             with contextlib.suppress(Exception):
@@ -463,7 +518,12 @@ class Tunnel:
             self._finish(error)
         elif isinstance(event, ConnectionTerminated):
             self.peer_closed = True
-            self._finish(TunnelClosedError(event.reason or "the other side closed the tunnel"))
+            why = TunnelClosedError(event.reason or "the other side closed the tunnel")
+            if event.code and event.code in self.follow_codes:
+                # The session may carry on elsewhere (`rebase`): wait for that instead.
+                self._suspend(PeerMovedError(event.reason, event.code))
+                return
+            self._finish(why)
 
     async def _serve_request(self, event: RequestReceived) -> None:
         try:

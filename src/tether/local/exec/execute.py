@@ -7,6 +7,7 @@ exec on every trapped syscall waits for the supervisor.
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -18,10 +19,11 @@ from pathlib import Path
 from tether.config import TetherConfig
 from tether.intercept.launcher import forward_signals, spawn, wait_status_to_exit_code
 from tether.intercept.seccomp import Syscall, require_kernel
+from tether.kube.targets import ResolvedTarget
 from tether.local.exec.remote_fs import RemoteFiles
 from tether.local.exec.supervisor import Supervisor
 from tether.local.exec.syscalls import ALLOW_IF, TRAPPED, WRITE_TRAPPED
-from tether.local.policy.environment import compose_env
+from tether.local.policy.environment import compose_env, env_changes
 from tether.local.policy.names import NameCache
 from tether.local.policy.rules import DnsRules, FileRules, NetRules, PathKind, program_dirs
 from tether.local.policy.served import nameservers_in, nsswitch_for_process, resolv_conf_for_process
@@ -32,7 +34,7 @@ from tether.local.proxies.replicas import Replicas, replicas_for
 from tether.local.session.progress import Progress
 from tether.local.session.session import SessionError, open_session
 from tether.protocol.messages import GetEnv, GetHostname
-from tether.tunnel import RemoteOpError, Tunnel
+from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 
 def _local_text(path: str) -> str:
@@ -128,6 +130,27 @@ def _path_kind(path: str) -> PathKind:
     return "dir" if stat.S_ISDIR(mode) else "file"
 
 
+async def _compare_env(
+    tunnel: Tunnel,
+    config: TetherConfig,
+    had: dict[str, str],
+    progress: Progress,
+    target: ResolvedTarget,
+) -> None:
+    """The session moved to another pod: say which of its variables differ from what the
+    program got (a running program's environment cannot change)."""
+    try:
+        now = (await tunnel.call(GetEnv(config.env.include, config.env.exclude))).env
+    except (RemoteOpError, TunnelClosedError, TimeoutError):
+        return
+    changed = env_changes(had, now)
+    if changed:
+        progress.warn(
+            f"pod {target.pod_name}'s environment differs from what the program got:"
+            f" {', '.join(changed)} (the program keeps its own)"
+        )
+
+
 async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) -> int:
     """Run `argv` in the target's context; return its exit status (127 if not found)."""
     require_kernel()
@@ -205,8 +228,12 @@ async def run_exec(config: TetherConfig, argv: list[str], progress: Progress) ->
         replicas: Replicas | None = None
         if config.incoming.mode != "off":
             incoming = IncomingClient(tunnel, config.incoming, progress, session.who)
+            session.on_moved.append(incoming.resubscribe)
             replicas = replicas_for(session, incoming)
             supervisor.on_listen = incoming.subscribe_soon
+        session.on_moved.append(
+            functools.partial(_compare_env, tunnel, config, remote_env, progress)
+        )
         supervisor.attach(loop)
         uninstall = forward_signals(launch.pid, loop)
         progress.detail(f"started {argv[0]} (pid {launch.pid})")

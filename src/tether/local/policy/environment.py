@@ -38,3 +38,9 @@ def compose_env(
     env.update(override)
     env.update(FORCED)
     return env
+
+
+def env_changes(had: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """The names whose values differ between two copies of a target's environment (added,
+    removed or changed), sorted."""
+    return sorted(name for name in had.keys() | now.keys() if had.get(name) != now.get(name))

@@ -83,6 +83,19 @@ class IncomingClient:
         if self.on_subscribed is not None:
             await self.on_subscribed(remote, target_port, mode)
 
+    async def resubscribe(self, target: object = None) -> None:
+        """Subscribe every granted port again: the session moved to another pod's agent,
+        which knows nothing of them (a session's `on_moved` callback)."""
+        for remote in sorted(self._granted):
+            local = self.ports.get(remote)
+            if local is None:
+                continue
+            self._granted.discard(remote)
+            try:
+                await self.subscribe(remote, local)
+            except IncomingError as exc:
+                self.progress.warn(f"{exc}; the app gets no incoming traffic on it")
+
     def subscribe_soon(self, local: int) -> None:
         """The local app listens on `local`: subscribe the remote port that maps to it, if
         the config wants it (called from the interceptor, so it must not block)."""

@@ -16,7 +16,7 @@ from tether.kube.errors import KubeError
 from tether.local.session.progress import Progress
 from tether.tunnel import Tunnel, TunnelClosedError
 from tether.tunnel.transport import Transport
-from tether.tunnel.tunnel import ResumeRefusedError
+from tether.tunnel.tunnel import PeerMovedError, ResumeRefusedError
 
 # A ping this often keeps bytes flowing both ways on an idle session (the agent answers each,
 # and watches for our silence: agent/server.py SILENCE_LIMIT), and keeps the runtime's idle
@@ -32,6 +32,7 @@ RESUME_TIMEOUT = 10.0
 
 OpenTransport = Callable[[], Awaitable[Transport]]
 AgentAlive = Callable[[], Awaitable[bool]]
+Follow = Callable[[], Awaitable[bool]]
 
 
 def transport_dead(now: float, last_received: float, last_tick: float, interval: float) -> bool:
@@ -115,16 +116,24 @@ async def keep_connected(
     agent_alive: AgentAlive,
     progress: Progress,
     *,
+    follow: Follow | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Run for the session's life: ping, notice a dead transport, and resume the tunnel over
     a new one (saying so). Past `timeout` the tunnel is abandoned with one line of why, which
-    is how the session ends."""
+    is how the session ends.
+
+    With `follow`, a session whose pod went away (its agent said so) moves to another pod:
+    `follow()` rebases the tunnel there, and the new link's keeper takes over."""
     while not tunnel.closed:
         await _watch(tunnel, clock)
         if tunnel.closed:
             return
         why = one_line(tunnel.lost_because)
+        if follow is not None and isinstance(tunnel.lost_because, PeerMovedError):
+            if not await follow():
+                tunnel.abandon(TunnelClosedError(f"{why}; no pod of the workload to move to"))
+            return
         if timeout <= 0:
             tunnel.abandon(TunnelClosedError(f"connection to the agent lost ({why})"))
             return

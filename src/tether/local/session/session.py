@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tether import __version__
 from tether.config import TetherConfig
@@ -30,6 +30,7 @@ from tether.kube.errors import ClusterUnreachableError, KubeError
 from tether.kube.portforward import open_portforward
 from tether.kube.targets import (
     ResolvedTarget,
+    TargetKind,
     TargetSpec,
     ensure_namespace,
     parse_target,
@@ -38,10 +39,13 @@ from tether.kube.targets import (
 from tether.local.session.progress import Progress
 from tether.local.session.reconnect import keep_connected
 from tether.protocol import Connection, Role
+from tether.protocol.events import TARGET_GONE
 from tether.protocol.messages import SessionLeave, SessionTarget
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
 
 HANDSHAKE_TIMEOUT = 15.0
+# How often a session whose pod went away looks for a Ready one to move to.
+FOLLOW_POLL = 1.0
 # How long the cleanup waits for an API server that does not answer (restarting, say).
 CLEANUP_RETRY = 30.0
 LEAVE_TIMEOUT = 5.0
@@ -53,15 +57,20 @@ class SessionError(UserError):
     """A session could not start or broke; the message is one line for the user."""
 
 
+Moved = Callable[[ResolvedTarget], Awaitable[None]]
+
+
 @dataclass
 class Session:
-    """A live session: use `tunnel` for requests and streams."""
+    """A live session: use `tunnel` for requests and streams.
+
+    For a deployment or statefulset target the session follows its workload: when its pod
+    goes, `tunnel` carries on with an agent next to another Ready pod (`follow`), and
+    `on_moving`/`on_moved` callbacks hear of it."""
 
     kube: KubeClient
     namespace: str
     target: ResolvedTarget | None
-    agent: AgentHandle
-    agent_pod: str
     tunnel: Tunnel
     session_id: str
     who: str
@@ -70,6 +79,75 @@ class Session:
     config: TetherConfig
     progress: Progress
     link: AgentLink
+    on_moving: list[Moved] = field(default_factory=list)
+    """Called with the new pod before the session attaches to it."""
+    on_moved: list[Moved] = field(default_factory=list)
+    """Called with the new pod once the tunnel runs through it."""
+
+    @property
+    def agent(self) -> AgentHandle:
+        """The agent Job this session's tunnel goes to now."""
+        return self.link.handle
+
+    @property
+    def follows(self) -> bool:
+        """Whether the session moves to another pod when its pod goes (workload targets)."""
+        return self.target is not None and self.spec.kind is not TargetKind.POD
+
+    async def follow(self) -> bool:
+        """The target's pod went away: move to a Ready pod of the workload, waiting for one
+        up to `agent.reconnect_timeout`. False if there was none (or the move failed)."""
+        old = self.link
+        assert self.target is not None
+        gone = self.target
+        started = time.monotonic()
+        deadline = started + self.config.agent.reconnect_timeout
+        # Its agent is leaving with its target: its Job goes now, not after a TTL.
+        with contextlib.suppress(KubeError):
+            await _finish_agent(self.kube, old.acquired, True, self.progress)
+        last = "no Ready pod"
+        while time.monotonic() < deadline:
+            try:
+                target = await resolve_target(self.kube, self.spec, self.namespace)
+            except (KubeError, OSError) as exc:
+                last = str(exc)
+                target = None
+            # The same pod is fine once its container restarted (a crash, a liveness kill).
+            if target is not None and target.container_id != gone.container_id:
+                for moving in self.on_moving:
+                    await moving(target)
+                try:
+                    link = await attach_agent(
+                        self.kube,
+                        self.namespace,
+                        target,
+                        self.config,
+                        self.progress,
+                        self.session_id,
+                        tunnel=self.tunnel,
+                        follow=self.follow,
+                    )
+                except (UserError, OSError) as exc:
+                    last = str(exc)
+                else:
+                    self.link = link
+                    self.target = target
+                    after = f"(after {time.monotonic() - started:.1f} s)"
+                    if target.pod_uid == gone.pod_uid:
+                        self.progress.step(
+                            f"container {gone.container_name} of pod {gone.pod_name} restarted;"
+                            f" now on the new one {after}"
+                        )
+                    else:
+                        self.progress.step(
+                            f"pod {gone.pod_name} went away; now on {target.pod_name} {after}"
+                        )
+                    for moved in self.on_moved:
+                        await moved(target)
+                    return True
+            await asyncio.sleep(FOLLOW_POLL)
+        self.progress.warn(f"no pod of {self.spec.kind.value}/{self.spec.name} to move to: {last}")
+        return False
 
 
 def describe_user() -> str:
@@ -82,8 +160,14 @@ def describe_user() -> str:
 
 
 async def _connect_agent(
-    kube: KubeClient, handle: AgentHandle, secret: str, config: TetherConfig, progress: Progress
+    kube: KubeClient,
+    handle: AgentHandle,
+    secret: str,
+    config: TetherConfig,
+    progress: Progress,
+    tunnel: Tunnel | None = None,
 ) -> tuple[str, Tunnel]:
+    """Wait for the agent and connect: a new tunnel, or `tunnel` rebased onto it."""
     pod = await wait_agent_ready(
         kube, handle, config.agent.startup_timeout, on_phase=progress.detail
     )
@@ -96,13 +180,16 @@ async def _connect_agent(
         # The agent holds our session this long after a cut, for us to resume it.
         info={"resume_grace": config.agent.reconnect_timeout},
     )
-    tunnel = Tunnel(conn, forward)
+    if tunnel is not None:
+        await tunnel.rebase(conn, forward, timeout=HANDSHAKE_TIMEOUT)
+        return pod, tunnel
+    fresh = Tunnel(conn, forward)
     try:
-        await tunnel.start(timeout=HANDSHAKE_TIMEOUT)
+        await fresh.start(timeout=HANDSHAKE_TIMEOUT)
     except TunnelClosedError:
         await forward.close()
         raise
-    return pod, tunnel
+    return pod, fresh
 
 
 async def _retrying(action: Callable[[], Awaitable[None]], what: str, progress: Progress) -> None:
@@ -190,9 +277,15 @@ async def attach_agent(
     config: TetherConfig,
     progress: Progress,
     session_id: str,
+    *,
+    tunnel: Tunnel | None = None,
+    follow: Callable[[], Awaitable[bool]] | None = None,
 ) -> AgentLink:
     """Create or join the agent next to `target` (a targetless session's own agent for
-    None) and connect to it. On failure nothing of it is left behind."""
+    None) and connect to it: with a new tunnel, or `tunnel` rebased onto it (a session
+    following its workload). `follow` is how the link's keeper moves the session when the
+    pod goes. On failure nothing of the agent is left behind (and `tunnel` is not closed)."""
+    given = tunnel
     for attempt in range(CONNECT_ATTEMPTS):
         secret = new_secret()
         manifest = agent_job_manifest(
@@ -211,10 +304,12 @@ async def attach_agent(
         progress.detail(f"{verb} job {handle.namespace}/{handle.job_name}")
         for warning in handle.warnings:
             progress.warn(f"the API server warns about the agent Job: {warning}")
-        tunnel: Tunnel | None = None
+        tunnel = given
         try:
             try:
-                pod, tunnel = await _connect_agent(kube, handle, acquired.secret, config, progress)
+                pod, tunnel = await _connect_agent(
+                    kube, handle, acquired.secret, config, progress, given
+                )
             except TunnelClosedError as exc:
                 if acquired.created or attempt == CONNECT_ATTEMPTS - 1:
                     raise SessionError(f"agent refused the session: {exc}") from None
@@ -229,15 +324,18 @@ async def attach_agent(
                     what = f"container {target.container_name}"
                     raise SessionError(f"the shared agent cannot serve {what}: {exc}") from None
         except BaseException:
+            connected = tunnel if tunnel is not None and tunnel.conn.handshaken else None
             last = (
                 target is None
-                or (tunnel is None and acquired.created)
-                or await _leave(kube, acquired, tunnel)
+                or (connected is None and acquired.created)
+                or await _leave(kube, acquired, connected)
             )
-            if tunnel is not None:
+            if tunnel is not None and given is None:
                 await tunnel.close("session ended")
             await _finish_agent(kube, acquired, last, progress)
             raise
+        if follow is not None:
+            tunnel.follow_codes = frozenset({TARGET_GONE})
         keeper = asyncio.create_task(
             keep_connected(
                 tunnel,
@@ -245,6 +343,7 @@ async def attach_agent(
                 config.agent.reconnect_timeout,
                 functools.partial(agent_running, kube, handle),
                 progress,
+                follow=follow,
             )
         )
         return AgentLink(kube, target, acquired, pod, tunnel, keeper)
@@ -266,23 +365,29 @@ async def open_session(config: TetherConfig, progress: Progress) -> AsyncIterato
         target = None if spec.targetless else await resolve_target(kube, spec, namespace)
         progress.step(f"target: {target.describe() if target else 'targetless'}")
         session_id = new_session_id()
-        link = await attach_agent(kube, namespace, target, config, progress, session_id)
+        holder: list[Session] = []
+
+        async def follow() -> bool:
+            return await holder[0].follow()
+
+        follows = target is not None and spec.kind is not TargetKind.POD
+        link = await attach_agent(
+            kube,
+            namespace,
+            target,
+            config,
+            progress,
+            session_id,
+            follow=follow if follows else None,
+        )
+        session = Session(
+            kube, namespace, target, link.tunnel, session_id, describe_user(), spec, config,
+            progress, link,
+        )  # fmt: skip
+        holder.append(session)
         try:
-            yield Session(
-                kube,
-                namespace,
-                target,
-                link.handle,
-                link.pod,
-                link.tunnel,
-                session_id,
-                describe_user(),
-                spec,
-                config,
-                progress,
-                link,
-            )
+            yield session
         finally:
-            await link.close(progress)
+            await session.link.close(progress)
     finally:
         await kube.close()
