@@ -1,10 +1,16 @@
 """`tether doctor`'s pure parts: each finding, the verdict and how they are shown."""
 
 import json
+from typing import Any
 
 import pytest
 
-from tether.doctor.cluster import rbac_checks, target_checks, version_check
+from tether.doctor.cluster import (
+    admission_check,
+    rbac_checks,
+    target_checks,
+    version_check,
+)
 from tether.doctor.machine import machine_checks
 from tether.doctor.report import Check, report
 from tether.intercept.seccomp import probe_features
@@ -95,3 +101,64 @@ def test_the_verdict_and_both_renderings() -> None:
         "fix": "push it",
     }  # fmt: skip
     assert report([Check("a", "b", "warning", "c")]).session_would_start
+
+
+def test_admission_outcomes_and_their_fixes() -> None:
+    ok = admission_check("admitted", "")
+    assert (ok.status, ok.detail) == ("ok", "a dry-run of the agent pod is admitted")
+    warned = admission_check("admitted", "", ['would violate PodSecurity "restricted:latest"'])
+    assert warned.status == "warning" and "would violate" in warned.detail
+    refused = admission_check("refused", 'violates PodSecurity "baseline:latest"')
+    assert refused.status == "failing" and "agent.namespace" in refused.fix
+    unchecked = admission_check("unchecked", "forbidden")
+    assert unchecked.status == "warning" and "create pods" in unchecked.fix
+
+
+class _Core:
+    """The one API call the admission check makes, answered with a recorded status."""
+
+    def __init__(self, status: int, body: str) -> None:
+        self.status, self.body = status, body
+        self.dry_run: str | None = None
+
+    async def _answer(self) -> object:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        exc = ApiException(status=self.status, reason="Forbidden")
+        exc.body = self.body.encode()
+        raise exc
+
+    def create_namespaced_pod_with_http_info(self, ns: str, body: object, dry_run: str) -> object:
+        self.dry_run = dry_run
+        return self._answer()
+
+
+class _Kube:
+    server = "https://api"
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+
+    async def call(self, request: Any, op: Any) -> Any:
+        from tether.kube.errors import error_for_exception
+
+        try:
+            return await request
+        except Exception as exc:
+            raise error_for_exception(exc, op, self.server) or exc from exc
+
+
+async def test_a_pod_security_refusal_recorded_on_1_30_fails_the_check_with_its_message() -> None:
+    from pathlib import Path
+
+    from tether.config.models import AgentConfig
+    from tether.doctor.cluster import _admission
+
+    body = (
+        Path(__file__).parent / "kube" / "fixtures" / "dryrun-psa-refused-1.30.json"
+    ).read_text()
+    core = _Core(403, body)
+    check = await _admission(_Kube(core), _target(), AgentConfig(), "ns")  # type: ignore[arg-type]
+    assert core.dry_run == "All"  # never a real create
+    assert check.status == "failing"
+    assert 'violates PodSecurity "baseline:latest": host namespaces' in check.detail

@@ -1,12 +1,15 @@
-"""The cluster: the API server, RBAC for every verb a session uses, the target, the agent
-image on its node. Reads only: nothing is created."""
+"""The cluster: the API server, RBAC for every verb a session uses, the target, admission
+of the agent pod (a server-side dry-run), the agent image on its node. Nothing is created."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from tether.config.models import AgentConfig
 from tether.doctor.report import Check
+from tether.kube.agent_lifecycle import admission_warnings, header_values
+from tether.kube.agent_manifest import agent_job_manifest
 from tether.kube.client import KubeClient
-from tether.kube.errors import ForbiddenError, KubeError, Operation
+from tether.kube.errors import AdmissionRefusedError, ForbiddenError, KubeError, Operation
 from tether.kube.permissions import Permission, needed_in
 from tether.kube.targets import ResolvedTarget, parse_target, resolve_target
 
@@ -140,8 +143,71 @@ async def cluster_checks(
         checks.append(Check("target", target, "failing", str(exc), "name a running target"))
         return checks
     checks += target_checks(resolved)
+    checks.append(await _admission(kc, resolved, agent, namespace))
     checks.append(await _image_check(kc, resolved.node_name, agent.image))
     return checks
+
+
+REFUSAL_FIX = (
+    "ask for agent.namespace (a namespace whose policy allows the agent's privileged pod)"
+    " or a policy exception for the agent"
+)
+
+
+def admission_check(outcome: str, detail: str, warnings: Sequence[str] = ()) -> Check:
+    """What the dry-run of the agent pod says (pure). `outcome`: "admitted" (with the API
+    server's warnings, if any), "refused" (by Pod Security, a PodSecurityPolicy, a webhook:
+    `detail` is its message), or "unchecked" (the dry-run itself was not allowed: `detail`
+    says why)."""
+    if outcome == "refused":
+        return Check(
+            "agent", "admission", "failing", f"the agent pod is refused: {detail}", REFUSAL_FIX
+        )
+    if outcome == "unchecked":
+        return Check(
+            "agent",
+            "admission",
+            "warning",
+            f"could not dry-run the agent pod ({detail})",
+            "grant create pods (a dry-run creates nothing) to have admission checked now",
+        )
+    if warnings:
+        return Check(
+            "agent",
+            "admission",
+            "warning",
+            "the agent pod is admitted with warnings: " + "; ".join(warnings),
+            "the namespace's policy may refuse it once enforced: " + REFUSAL_FIX,
+        )
+    return Check("agent", "admission", "ok", "a dry-run of the agent pod is admitted")
+
+
+async def _admission(
+    kc: KubeClient, resolved: ResolvedTarget, agent: AgentConfig, namespace: str
+) -> Check:
+    manifest = agent_job_manifest(
+        session_id="doctor", agent=agent, target=resolved, namespace=namespace, shared=True
+    )
+    template = manifest["spec"]["template"]
+    agent_ns = str(manifest["metadata"]["namespace"])
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**template.get("metadata", {}), "generateName": "tether-doctor-"},
+        "spec": template["spec"],
+    }
+    op = Operation("create", "pods", agent_ns)
+    try:
+        _, _, headers = await kc.call(
+            kc.core.create_namespaced_pod_with_http_info(agent_ns, pod, dry_run="All"), op
+        )
+    except AdmissionRefusedError as exc:
+        return admission_check("refused", exc.reason)
+    except ForbiddenError as exc:
+        return admission_check("unchecked", str(exc))
+    except KubeError as exc:
+        return admission_check("unchecked", str(exc))
+    return admission_check("admitted", "", admission_warnings(header_values(headers, "Warning")))
 
 
 async def _image_check(kc: KubeClient, node: str, image: str) -> Check:

@@ -101,11 +101,12 @@ async def start_agent_job(kc: KubeClient, manifest: dict[str, Any], secret: str)
         job_name=name,
         session_id=str(meta["labels"][SESSION_LABEL]),
         uid=uid,
-        warnings=tuple(admission_warnings(_all(headers, "Warning"))),
+        warnings=tuple(admission_warnings(header_values(headers, "Warning"))),
     )
 
 
-def _all(headers: Any, name: str) -> list[str]:
+def header_values(headers: Any, name: str) -> list[str]:
+    """Every value of response header `name` (aiohttp's multidict, or a plain mapping)."""
     getall = getattr(headers, "getall", None)
     if getall is not None:
         return [str(v) for v in getall(name, [])]

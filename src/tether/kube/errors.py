@@ -10,6 +10,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tether.errors import UserError
 
+ADMISSION_HINT = (
+    "the namespace's admission policy refused it: run the agent where privileged pods are"
+    " allowed (agent.namespace), and see `tether doctor`"
+)
 RBAC_HINT = (
     "ask for the minimal Role in the README's RBAC section, which lists every verb a session uses"
 )
@@ -36,6 +40,15 @@ class UnauthorizedError(KubeError):
 
 class ForbiddenError(KubeError):
     """RBAC denied a request (403)."""
+
+
+class AdmissionRefusedError(ForbiddenError):
+    """Admission refused a request (403 from Pod Security, a PodSecurityPolicy, a webhook, a
+    quota), as opposed to RBAC: `reason` is the server's own message, which says why."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotFoundError(KubeError):
@@ -142,6 +155,14 @@ def error_for_status(status: int, body: Any, op: Operation, server: str = "") ->
             " (log in again or fix the user of your kubeconfig context)"
         )
     if status == 403:
+        if message and "cannot " + op.verb not in message and " resource " not in message:
+            # RBAC says `User "x" cannot create resource "pods"`; anything else refusing
+            # with 403 is admission, whose message is the one thing that says what to fix.
+            return AdmissionRefusedError(
+                f"refused: cannot {op.verb} {op.resource}{op.where()}: {message}"
+                f" ({ADMISSION_HINT})",
+                message,
+            )
         return ForbiddenError(
             f"forbidden: cannot {op.verb} {op.resource}{op.where()} ({RBAC_HINT})"
         )

@@ -7,6 +7,7 @@ import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tether.kube.errors import (
+    AdmissionRefusedError,
     AlreadyExistsError,
     ApiError,
     ClusterUnreachableError,
@@ -29,9 +30,32 @@ def _api(status: int, message: str = "") -> ApiException:
     return exc
 
 
+RBAC_DENIAL = (
+    'jobs.batch is forbidden: User "dev" cannot create resource "jobs" in API group "batch"'
+    ' in the namespace "x"'
+)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'pods "a" is forbidden: violates PodSecurity "baseline:latest": host namespaces',
+        "pods is forbidden: unable to validate against any pod security policy: []",
+        'admission webhook "deny.kyverno.svc" denied the request: privileged pods',
+        'pods "a" is forbidden: exceeded quota: compute, requested: pods=1, limited: pods=0',
+    ],
+)
+def test_a_403_from_admission_says_what_refused_it(message: str) -> None:
+    error = error_for_exception(_api(403, message), CREATE_JOB, SERVER)
+    assert isinstance(error, AdmissionRefusedError) and isinstance(error, ForbiddenError)
+    assert error.reason == message
+    assert str(error).startswith(f'refused: cannot create jobs.batch in namespace "x": {message}')
+    assert "agent.namespace" in str(error) and "Role" not in str(error)
+
+
 def test_forbidden_names_verb_resource_namespace_and_rbac() -> None:
-    error = error_for_exception(_api(403, "jobs.batch is forbidden"), CREATE_JOB, SERVER)
-    assert isinstance(error, ForbiddenError)
+    error = error_for_exception(_api(403, RBAC_DENIAL), CREATE_JOB, SERVER)
+    assert isinstance(error, ForbiddenError) and not isinstance(error, AdmissionRefusedError)
     assert str(error) == (
         'forbidden: cannot create jobs.batch in namespace "x" (ask for the minimal Role in the'
         " README's RBAC section, which lists every verb a session uses)"
