@@ -23,7 +23,7 @@ async def _answering(name: str) -> tuple[Tunnel, Tunnel, asyncio.Server]:
 
     async def on_stream(stream: Any) -> None:
         stream.accept()
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # open until the tunnel goes
 
     return await _pair(on_request=on_request, on_stream=on_stream)
 
