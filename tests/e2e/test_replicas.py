@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,8 @@ def web_manifest(replicas: int) -> dict[str, Any]:
                                     "imagePullPolicy": "Never",
                                     "command": ["python3", "-u", "/app/shop.py", "backend"],
                                     "ports": [{"name": "http", "containerPort": 8080}],
-                                    # Ready 2 s after it starts, as an app that loads
-                                    # something first: a new pod's agent needs about that
-                                    # long to start beside it on this 2-core node, and a
-                                    # pod Ready sooner gets its first requests answered by
-                                    # itself (see README, "Which pod").
                                     "readinessProbe": {
                                         "httpGet": {"path": "/healthz", "port": "http"},
-                                        "initialDelaySeconds": 2,
                                         "periodSeconds": 1,
                                     },
                                     "volumeMounts": [{"name": "app", "mountPath": "/app"}],
@@ -253,8 +247,10 @@ def rollout_restart() -> float:
     return time.time()
 
 
-def test_exec_follows_a_rollout_and_the_program_never_restarts(web: str) -> None:
-    t = Tether("exec", "-v", *WEB, "--", sys.executable, "-c", CLIENT_LOOP, "45")
+def run_loop(seconds: int, meanwhile: Callable[[], object]) -> tuple[Tether, list[Any]]:
+    """`tether exec` of CLIENT_LOOP for `seconds` on web; `meanwhile()` once it runs. Returns
+    tether and the loop's results, having checked that one program ran it all, exit 0."""
+    t = Tether("exec", "-v", *WEB, "--", sys.executable, "-c", CLIENT_LOOP, str(seconds))
     out: list[str] = []
 
     def read() -> None:
@@ -265,14 +261,20 @@ def test_exec_follows_a_rollout_and_the_program_never_restarts(web: str) -> None
     reader.start()
     try:
         wait_until(lambda: any(line.startswith("tick 4") for line in out), 90, "the loop runs")
-        ready = rollout_restart()
+        meanwhile()
         code = t.proc.wait(120)
         reader.join(10)
     finally:
         t.stop(signal.SIGKILL)
     assert code == 0, t.stderr
     assert sum(line.startswith("pid ") for line in out) == 1  # one program, never restarted
-    results = json.loads(out[-1])
+    return t, list(json.loads(out[-1]))
+
+
+def test_exec_follows_a_rollout_and_the_program_never_restarts(web: str) -> None:
+    readies: list[float] = []
+    t, results = run_loop(45, lambda: readies.append(rollout_restart()))
+    ready = readies[0]
     after = [r for r in results if r[0] > ready + 2]
     assert after and all(r[1] == "backend" for r in after), (after, t.stderr)
     assert "went away; now on" in t.stderr, t.stderr
@@ -320,25 +322,11 @@ def test_a_filtered_steal_follows_a_rollout(web: str) -> None:
 def test_exec_follows_a_container_restart_in_its_pod(web: str) -> None:
     scale(1)
     (pod,) = ready_web_pods()
-    t = Tether("exec", "-v", *WEB, "--", sys.executable, "-c", CLIENT_LOOP, "30")
-    out: list[str] = []
 
-    def read() -> None:
-        assert t.proc.stdout is not None
-        out.extend(line.rstrip("\n") for line in t.proc.stdout)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        wait_until(lambda: any(line.startswith("tick 4") for line in out), 90, "the loop runs")
+    def crash() -> None:
         status = get("pod", pod, "shop")["status"]["containerStatuses"][0]
-        os.kill(find_container_pid(status["containerID"]), signal.SIGKILL)  # a crash
-        code = t.proc.wait(120)
-        reader.join(10)
-    finally:
-        t.stop(signal.SIGKILL)
-    assert code == 0, t.stderr
-    assert sum(line.startswith("pid ") for line in out) == 1
+        os.kill(find_container_pid(status["containerID"]), signal.SIGKILL)
+
+    t, results = run_loop(30, crash)
     assert "restarted; now on the new one" in t.stderr, t.stderr
-    results = json.loads(out[-1])
     assert all(r[1] == "backend" for r in results[-10:]), (results, t.stderr)

@@ -4,12 +4,29 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
 from tether.agent.guard import run_guarded
 from tether.agent.server import Agent
 from tether.agent.target import Target, TargetNotFound
 from tether.protocol.launch import MIN_SECRET_BYTES, SECRET_ENV, parse_agent_args
 from tether.tunnel.allocator import tune_allocator
+
+# An agent started for a pod's sandbox may come up before the sandbox does.
+SANDBOX_WAIT = 60.0
+
+
+def _find(container_id: str | None, pod_uid: str | None) -> Target:
+    if container_id is not None or pod_uid is None:
+        return Target.find(container_id)
+    deadline = time.monotonic() + SANDBOX_WAIT
+    while True:
+        try:
+            return Target.find(None, pod_uid=pod_uid)
+        except TargetNotFound:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        target = Target.find(args.container_id)
+        target = _find(args.container_id, args.pod_uid)
     except (TargetNotFound, ValueError) as exc:
         print(f"tether-agent: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ Each session gets its own RootFS so open file handles die with the session.
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from tether.agent.incoming.manager import IncomingError, IncomingManager, Sessio
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, TargetNotFound, same_netns
 from tether.protocol import MAX_PAYLOAD, RemoteError
+from tether.protocol.events import TARGET_GONE, TARGET_GONE_REASON
 from tether.protocol.messages import (
     Data,
     Done,
@@ -53,6 +55,8 @@ from tether.protocol.messages import (
 )
 from tether.tunnel import RemoteOpError
 
+log = logging.getLogger("tether.agent.ops")
+
 # A response must fit one frame together with msgpack's few bytes of framing.
 MAX_IO = MAX_PAYLOAD - 4096
 
@@ -87,11 +91,44 @@ class Operations:
         self.fs = RootFS(target.root)
         self.incoming = incoming
         self.session = session
+        self._watching: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.on_leave = on_leave
 
     def close(self) -> None:
-        """Release the session's open files."""
+        """Release the session's open files (and its watch on its own target)."""
         self.fs.close_all()
+        self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._watching is not None:
+            loop, fd = self._watching
+            self._watching = None
+            loop.remove_reader(fd)
+            os.close(fd)
+
+    def _watch(self, pid: int | None) -> None:
+        """End this session (GOAWAY target-gone) when the container it moved to exits: the
+        agent's own watch covers only the target it started on (maybe a pod's sandbox)."""
+        self._unwatch()
+        if pid is None or self.session is None:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return
+        loop = asyncio.get_running_loop()
+        tunnel = self.session.tunnel
+
+        def gone() -> None:
+            self._unwatch()
+            log.warning("the session's target process %s exited: ending the session", pid)
+            task = asyncio.ensure_future(tunnel.close(TARGET_GONE_REASON, TARGET_GONE))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        loop.add_reader(fd, gone)
+        self._watching = (loop, fd)
 
     async def __call__(self, op: str, args: dict[str, Any]) -> Any:
         """Decode, answer and encode one request; ENOSYS/EINVAL for one outside the
@@ -177,6 +214,7 @@ class Operations:
             self.fs.close_all()
             self.target = target
             self.fs = RootFS(target.root)
+            self._watch(target.pid)
         return target.pid
 
     async def _subscribe(self, request: IncomingSubscribe) -> Subscribed:

@@ -22,7 +22,7 @@ from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, host_network_refusal
 from tether.protocol import Connection, LocalProtocolError, RemoteError, ResumeRequested, Role
-from tether.protocol.events import TARGET_GONE
+from tether.protocol.events import TARGET_GONE, TARGET_GONE_REASON
 from tether.protocol.launch import ready_line
 from tether.tunnel import StreamTransport, Tunnel, TunnelClosedError, TunnelStream
 from tether.tunnel.datagrams import relay_datagrams
@@ -144,7 +144,7 @@ class Agent:
         if self._stop.is_set():
             return
         log.warning("the target process %s exited: ending every session", self.target.pid)
-        self._why = "the target container exited (its pod was deleted or restarted)"
+        self._why = TARGET_GONE_REASON
         self._code = TARGET_GONE
         self._stop.set()
 

@@ -34,11 +34,16 @@ class Target:
         return None if self.pid is None else Path(f"/proc/{self.pid}/ns/net")
 
     @classmethod
-    def find(cls, container_id: str | None, proc: Path = Path("/proc")) -> Target:
-        """The target for `container_id`, or a targetless one when it is None."""
-        if container_id is None:
-            return cls(None)
-        return cls(find_container_pid(container_id, proc))
+    def find(
+        cls, container_id: str | None, proc: Path = Path("/proc"), pod_uid: str | None = None
+    ) -> Target:
+        """The target for `container_id`; else, with `pod_uid`, the pod's sandbox (its
+        network namespace, before or without its app containers); else a targetless one."""
+        if container_id is not None:
+            return cls(find_container_pid(container_id, proc))
+        if pod_uid is not None:
+            return cls(find_pod_pid(pod_uid, proc))
+        return cls(None)
 
 
 def same_netns(a: Target, b: Target) -> bool:
@@ -92,6 +97,48 @@ def _matches(cgroup_text: str, names: frozenset[str]) -> bool:
         fields = line.split(":", 2)
         if len(fields) == 3 and not names.isdisjoint(fields[2].split("/")):
             return True
+    return False
+
+
+_UID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def find_pod_pid(pod_uid: str, proc: Path = Path("/proc")) -> int:
+    """PID of the pod's first process: its sandbox (the pause container), which holds the
+    pod's network namespace from before its app containers start until the pod goes.
+
+    The pod's cgroup is `pod<UID>` (cgroupfs driver) or `kubepods-<qos>-pod<UID with
+    underscores>.slice` (systemd driver). Raises TargetNotFound when no process of the pod
+    runs here yet, ValueError on a malformed UID."""
+    if not _UID_RE.fullmatch(pod_uid):
+        raise ValueError(f"not a pod UID: {pod_uid!r}")
+    plain = f"pod{pod_uid}"
+    slice_end = f"-pod{pod_uid.replace('-', '_')}.slice"
+    matches: list[tuple[int, int]] = []
+    try:
+        entries = [int(p.name) for p in proc.iterdir() if p.name.isdigit()]
+    except OSError as e:
+        raise TargetNotFound(f"cannot list {proc}: {e.strerror}") from e
+    for pid in entries:
+        pid_dir = proc / str(pid)
+        try:
+            text = (pid_dir / "cgroup").read_bytes().decode("utf-8", "surrogateescape")
+        except OSError:
+            continue
+        if _in_pod(text, plain, slice_end):
+            matches.append((_start_time(pid_dir), pid))
+    if not matches:
+        raise TargetNotFound(f"no process of pod {pod_uid} on this node")
+    return min(matches)[1]
+
+
+def _in_pod(cgroup_text: str, plain: str, slice_end: str) -> bool:
+    for line in cgroup_text.split("\n"):
+        fields = line.split(":", 2)
+        if len(fields) == 3:
+            for part in fields[2].split("/"):
+                if part == plain or part.endswith(slice_end):
+                    return True
     return False
 
 

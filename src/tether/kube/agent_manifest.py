@@ -116,7 +116,9 @@ def agent_job_manifest(
     launch = AgentArgs(
         port=agent.port,
         idle_timeout=agent.idle_timeout,
-        container_id=target.container_id if target is not None else None,
+        container_id=target.container_id if target is not None and target.container_id else None,
+        # A pod whose container does not run yet: the agent waits for its sandbox.
+        pod_uid=target.pod_uid if target is not None and not target.container_id else None,
     )
     container: dict[str, Any] = {
         "name": CONTAINER,

@@ -232,12 +232,14 @@ async def ready_targets(
     *,
     started: bool = False,
     deleting: bool = False,
+    scheduled: bool = False,
 ) -> list[ResolvedTarget]:
     """Every Ready pod of a deployment or statefulset target (with `started`, every pod
     whose chosen container runs, Ready or not yet), resolved as `resolve_target` would
-    resolve it; pods being deleted are left out unless `deleting` (`ResolvedTarget.deleting`
-    says which). For a pod target, that pod if it runs. Raises as `resolve_target` for a
-    missing workload."""
+    resolve it; with `scheduled`, every pod given a node, those whose container does not run
+    yet with an empty `container_id`. Pods being deleted are left out unless `deleting`
+    (`ResolvedTarget.deleting` says which). For a pod target, that pod if it runs. Raises as
+    `resolve_target` for a missing workload."""
     if spec.kind is TargetKind.POD:
         return [await resolve_target(kc, spec, namespace)]
     if spec.kind is TargetKind.TARGETLESS or spec.name is None:
@@ -245,22 +247,32 @@ async def ready_targets(
     _, views = await _workload_pods(kc, spec.kind, spec.name, namespace)
     out = []
     for pod in views:
-        if (pod.deleting and not deleting) or pod.phase != "Running":
+        if pod.deleting and not deleting:
             continue
-        if not (started or pod.ready()):
+        if scheduled:
+            if pod.phase not in ("Pending", "Running") or not pod.node_name:
+                continue
+        elif pod.phase != "Running" or not (started or pod.ready()):
             continue
         try:
-            out.append(_resolved(spec, namespace, pod))
+            out.append(_resolved(spec, namespace, pod, pending=scheduled))
         except (TargetNotRunningError, ContainerNotFoundError):
             continue
     return out
 
 
-def _resolved(spec: TargetSpec, namespace: str, pod: PodView) -> ResolvedTarget:
+def _resolved(
+    spec: TargetSpec, namespace: str, pod: PodView, *, pending: bool = False
+) -> ResolvedTarget:
     assert spec.name is not None
     container = pick_container(pod, spec.container)
     status = pod.statuses.get(container)
-    if status is None or status.state != "running" or not status.container_id:
+    running = status is not None and status.state == "running" and bool(status.container_id)
+    if pending and not running and pod.node_name:
+        # Scheduled, its container not running yet: a target by its pod (the sandbox), with
+        # no container ID; only incoming traffic can use it.
+        status = None
+    elif status is None or status.state != "running" or not status.container_id:
         state = status.state if status else "not started"
         reason = f" ({status.reason})" if status and status.reason else ""
         raise TargetNotRunningError(
@@ -275,7 +287,7 @@ def _resolved(spec: TargetSpec, namespace: str, pod: PodView) -> ResolvedTarget:
         pod_uid=pod.uid,
         node_name=pod.node_name or "",
         container_name=container,
-        container_id=status.container_id,
+        container_id=(status.container_id or "") if status is not None else "",
         pod_ip=pod.pod_ip,
         mesh=detect_mesh(pod),
         host_network=pod.host_network,

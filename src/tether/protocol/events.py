@@ -134,7 +134,9 @@ class ConnectionTerminated:
 
 TARGET_GONE = "target-gone"
 """GOAWAY code: the agent's target process exited (its pod deleted, its container restarted),
-so the agent ends every session; a workload session may move to another pod."""
+so the agent ends every session on it; a workload session may move to another pod."""
+TARGET_GONE_REASON = "the target container exited (its pod was deleted or restarted)"
+"""The reason text a TARGET_GONE goes with."""
 
 
 @dataclass(frozen=True, slots=True)

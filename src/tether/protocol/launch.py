@@ -33,6 +33,9 @@ class AgentArgs:
     """Seconds to keep running after the last session left."""
     container_id: str | None = None
     """The target container ("containerd://ID"); None for a targetless agent."""
+    pod_uid: str | None = None
+    """Without a container: the target pod, whose sandbox (network namespace) the agent
+    waits for (an agent for incoming traffic only, started before the pod's app runs)."""
 
     def to_argv(self) -> list[str]:
         """The arguments that `parse_agent_args` reads back as this."""
@@ -41,6 +44,8 @@ class AgentArgs:
             argv += ["--listen", self.listen]
         if self.container_id is not None:
             argv += ["--container-id", self.container_id]
+        if self.pod_uid is not None:
+            argv += ["--pod-uid", self.pod_uid]
         return argv
 
 
@@ -51,8 +56,9 @@ def parse_agent_args(argv: Sequence[str] | None = None) -> AgentArgs:
     parser.add_argument("--listen", default=AgentArgs.listen)
     parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT)
     parser.add_argument("--container-id", default=None, help="the target (omit for targetless)")
+    parser.add_argument("--pod-uid", default=None, help="without a container: the pod")
     ns = parser.parse_args(None if argv is None else list(argv))
-    return AgentArgs(ns.port, ns.listen, ns.idle_timeout, ns.container_id)
+    return AgentArgs(ns.port, ns.listen, ns.idle_timeout, ns.container_id, ns.pod_uid)
 
 
 def ready_line(port: int, version: str) -> str:

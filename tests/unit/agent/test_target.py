@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.agent.target import Target, TargetNotFound, find_container_pid
+from tether.agent.target import Target, TargetNotFound, find_container_pid, find_pod_pid
 
 CID = "3f0a9c1d2e4b5a6978877665544332211ffeeddccbbaa99887766554433221100"
 OTHER = "aa" * 32
@@ -262,3 +262,32 @@ def test_names_that_are_not_utf8_do_not_break_the_scan(tmp_path: Path) -> None:
     stat = (tmp_path / "20" / "stat").read_bytes()
     (tmp_path / "20" / "stat").write_bytes(stat.replace(b"weird", b"caf\xe9"))
     assert find_container_pid(CID, tmp_path) == 20
+
+
+UID = "a36de71d-e32e-4328-9515-8c5b88f87ef3"
+SLICE = "kubepods-besteffort-poda36de71d_e32e_4328_9515_8c5b88f87ef3.slice"
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        v1(f"/kubepods/besteffort/pod{UID}/{{cid}}"),  # cgroupfs, v1 (the devcluster)
+        v2(f"/kubepods/burstable/pod{UID}/{{cid}}"),  # cgroupfs, v2
+        v2(f"/kubepods.slice/kubepods-besteffort.slice/{SLICE}/cri-containerd-{{cid}}.scope"),
+        v2(f"/../../{SLICE}/cri-containerd-{{cid}}.scope"),  # inside a cgroup namespace
+    ],
+)
+def test_a_pods_sandbox_is_its_first_process(tmp_path: Path, layout: str) -> None:
+    add_proc(tmp_path, 300, layout.format(cid=CID), start=900)  # the app, started later
+    add_proc(tmp_path, 250, layout.format(cid=OTHER), start=500)  # the pause container
+    add_proc(tmp_path, 100, v1("/kubepods/besteffort/podother/" + OTHER), start=1)
+    assert find_pod_pid(UID, tmp_path) == 250
+    assert Target.find(None, tmp_path, pod_uid=UID).pid == 250
+
+
+def test_a_pod_without_a_process_here_and_a_malformed_uid(tmp_path: Path) -> None:
+    add_proc(tmp_path, 100, v1(f"/kubepods/besteffort/{POD}x/{CID}"), start=1)
+    with pytest.raises(TargetNotFound, match=f"no process of pod {UID}"):
+        find_pod_pid(UID, tmp_path)
+    with pytest.raises(ValueError, match="not a pod UID"):
+        find_pod_pid("../../etc", tmp_path)

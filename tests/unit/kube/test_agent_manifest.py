@@ -267,3 +267,14 @@ def test_admission_warnings(headers: list[str], texts: list[str]) -> None:
     from tether.kube.agent_lifecycle import admission_warnings
 
     assert admission_warnings(headers) == texts
+
+
+def test_a_pod_whose_container_does_not_run_yet_gets_an_agent_for_its_sandbox() -> None:
+    pending = ResolvedTarget(**{**TARGET.__dict__, "container_id": ""})
+    job = agent_job_manifest(session_id="s", agent=AgentConfig(), target=pending, shared=True)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--container-id" not in args
+    assert args[args.index("--pod-uid") + 1] == TARGET.pod_uid
+    # The same agent as the running pod's: sessions share it.
+    running = agent_job_manifest(session_id="t", agent=AgentConfig(), target=TARGET, shared=True)
+    assert job["metadata"]["name"] == running["metadata"]["name"]

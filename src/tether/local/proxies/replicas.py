@@ -139,11 +139,12 @@ class Replicas:
         `wait`, return once that is done; else those run in the background, so that a slow
         join never delays noticing the next pod."""
         try:
-            # Pods not Ready yet are joined too (the Service sends them nothing before they
-            # are, and by then their subscriptions are in place), and pods being deleted
-            # are kept until they are gone (they still get traffic until their app exits).
+            # Pods are joined as soon as they have a node, before their app even runs (the
+            # agent waits for the pod's sandbox; the Service sends the pod nothing before
+            # it is Ready, and by then its subscriptions are in place), and pods being
+            # deleted are kept until they are gone (they get traffic until their app exits).
             targets = await ready_targets(
-                self.kube, self.spec, self.namespace, started=True, deleting=True
+                self.kube, self.spec, self.namespace, scheduled=True, deleting=True
             )
         except (KubeError, OSError) as exc:
             log.debug("listing the workload's pods failed: %s", exc)

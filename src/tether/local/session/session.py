@@ -316,7 +316,7 @@ async def attach_agent(
                 progress.detail(f"the shared agent is leaving ({exc}); starting over")
                 await _finish_agent(kube, acquired, False, progress)
                 continue
-            if target is not None and not acquired.created:
+            if target is not None and not acquired.created and target.container_id:
                 # A shared agent serves the whole pod; it started on its creator's container.
                 try:
                     await tunnel.call(SessionTarget(target.container_id))
