@@ -21,6 +21,7 @@ from tether.kube.errors import (
     KubeError,
     Operation,
     error_for_exception,
+    refusal_hint,
 )
 from tether.kube.objects import PodView, pod_view
 from tether.protocol.launch import parse_ready
@@ -308,20 +309,12 @@ async def _check_job(kc: KubeClient, handle: AgentHandle) -> None:
             )
 
 
-# How admission refusals of a pod read (Pod Security Admission, PodSecurityPolicy, webhooks).
-_ADMISSION_MARKERS = ("violates PodSecurity", "pod security policy", "admission webhook")
-
-
 def failed_create_hint(message: str) -> str:
-    """What to do about a FailedCreate, as a suffix of the error line (pure)."""
-    if any(marker.lower() in message.lower() for marker in _ADMISSION_MARKERS):
-        return (
-            " (the namespace refuses privileged pods: set agent.namespace to a namespace where"
-            " they are allowed; tether doctor checks a setup)"
-        )
-    if "exceeded quota" in message:
-        return " (a ResourceQuota refuses it: free room in the namespace or set agent.namespace)"
-    return ""
+    """What to do about a FailedCreate, as a suffix of the error line (pure): nothing when
+    it is not admission's (the event's text says it all then)."""
+    if "forbidden" not in message and "exceeded quota" not in message:
+        return ""
+    return f" ({refusal_hint(message)})"
 
 
 async def _read_log(kc: KubeClient, pod: PodView, tail: int | None = None) -> str | None:

@@ -10,10 +10,23 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tether.errors import UserError
 
-ADMISSION_HINT = (
-    "the namespace's admission policy refused it: run the agent where privileged pods are"
-    " allowed (agent.namespace), and see `tether doctor`"
-)
+# How admission refusals of a pod read (Pod Security Admission, PodSecurityPolicy, webhooks).
+_PRIVILEGE_MARKERS = ("violates PodSecurity", "pod security policy", "admission webhook")
+
+
+def refusal_hint(message: str) -> str:
+    """What to do about an admission refusal of the agent's pod, from the refusal's own
+    text (pure)."""
+    if any(marker.lower() in message.lower() for marker in _PRIVILEGE_MARKERS):
+        return (
+            "the namespace refuses privileged pods: set agent.namespace to a namespace where"
+            " they are allowed; tether doctor checks a setup"
+        )
+    if "exceeded quota" in message:
+        return "a ResourceQuota refuses it: free room in the namespace or set agent.namespace"
+    return "an admission policy refuses it: see tether doctor, or set agent.namespace"
+
+
 RBAC_HINT = (
     "ask for the minimal Role in the README's RBAC section, which lists every verb a session uses"
 )
@@ -160,7 +173,7 @@ def error_for_status(status: int, body: Any, op: Operation, server: str = "") ->
             # with 403 is admission, whose message is the one thing that says what to fix.
             return AdmissionRefusedError(
                 f"refused: cannot {op.verb} {op.resource}{op.where()}: {message}"
-                f" ({ADMISSION_HINT})",
+                f" ({refusal_hint(message)})",
                 message,
             )
         return ForbiddenError(

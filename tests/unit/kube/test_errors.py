@@ -51,6 +51,7 @@ def test_a_403_from_admission_says_what_refused_it(message: str) -> None:
     assert error.reason == message
     assert str(error).startswith(f'refused: cannot create jobs.batch in namespace "x": {message}')
     assert "agent.namespace" in str(error) and "Role" not in str(error)
+    assert ("quota" in str(error)) == ("exceeded quota" in message)
 
 
 def test_forbidden_names_verb_resource_namespace_and_rbac() -> None:
