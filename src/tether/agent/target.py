@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,22 +115,7 @@ def find_pod_pid(pod_uid: str, proc: Path = Path("/proc")) -> int:
         raise ValueError(f"not a pod UID: {pod_uid!r}")
     plain = f"pod{pod_uid}"
     slice_end = f"-pod{pod_uid.replace('-', '_')}.slice"
-    matches: list[tuple[int, int]] = []
-    try:
-        entries = [int(p.name) for p in proc.iterdir() if p.name.isdigit()]
-    except OSError as e:
-        raise TargetNotFound(f"cannot list {proc}: {e.strerror}") from e
-    for pid in entries:
-        pid_dir = proc / str(pid)
-        try:
-            text = (pid_dir / "cgroup").read_bytes().decode("utf-8", "surrogateescape")
-        except OSError:
-            continue
-        if _in_pod(text, plain, slice_end):
-            matches.append((_start_time(pid_dir), pid))
-    if not matches:
-        raise TargetNotFound(f"no process of pod {pod_uid} on this node")
-    return min(matches)[1]
+    return _first_process(proc, lambda text: _in_pod(text, plain, slice_end), f"pod {pod_uid}")
 
 
 def _in_pod(cgroup_text: str, plain: str, slice_end: str) -> bool:
@@ -166,6 +152,11 @@ def find_container_pid(container_id: str, proc: Path = Path("/proc")) -> int:
     names = frozenset(
         name for prefix in _CGROUP_PREFIXES for name in (prefix + bare, f"{prefix}{bare}.scope")
     )
+    return _first_process(proc, lambda text: _matches(text, names), f"container {bare}")
+
+
+def _first_process(proc: Path, belongs: Callable[[str], bool], what: str) -> int:
+    """The PID of the earliest started process whose /proc/PID/cgroup text `belongs`."""
     matches: list[tuple[int, int]] = []
     try:
         entries = [int(p.name) for p in proc.iterdir() if p.name.isdigit()]
@@ -178,8 +169,8 @@ def find_container_pid(container_id: str, proc: Path = Path("/proc")) -> int:
             text = (pid_dir / "cgroup").read_bytes().decode("utf-8", "surrogateescape")
         except OSError:  # the process exited while we scanned
             continue
-        if _matches(text, names):
+        if belongs(text):
             matches.append((_start_time(pid_dir), pid))
     if not matches:
-        raise TargetNotFound(f"no process of container {bare} on this node")
+        raise TargetNotFound(f"no process of {what} on this node")
     return min(matches)[1]
