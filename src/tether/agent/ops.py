@@ -18,7 +18,7 @@ from tether.agent.incoming.manager import IncomingError, IncomingManager, Sessio
 from tether.agent.resolver import PodResolver, ResolveError
 from tether.agent.target import Target, TargetNotFound, same_netns
 from tether.protocol import MAX_PAYLOAD, RemoteError
-from tether.protocol.events import TARGET_GONE, TARGET_GONE_REASON
+from tether.protocol.events import SESSION_TARGET_GONE, TARGET_GONE_REASON
 from tether.protocol.messages import (
     Data,
     Done,
@@ -123,7 +123,7 @@ class Operations:
         def gone() -> None:
             self._unwatch()
             log.warning("the session's target process %s exited: ending the session", pid)
-            task = asyncio.ensure_future(tunnel.close(TARGET_GONE_REASON, TARGET_GONE))
+            task = asyncio.ensure_future(tunnel.close(TARGET_GONE_REASON, SESSION_TARGET_GONE))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

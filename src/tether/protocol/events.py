@@ -136,6 +136,9 @@ TARGET_GONE = "target-gone"
 """GOAWAY code: the agent's target process exited (its pod deleted, its container restarted),
 so the agent ends every session on it; a workload session may move to another pod."""
 TARGET_GONE_REASON = "the target container exited (its pod was deleted or restarted)"
+SESSION_TARGET_GONE = "session-target-gone"
+"""GOAWAY code: the container this session moved to (SessionTarget) exited; the agent, and
+its other sessions, go on."""
 """The reason text a TARGET_GONE goes with."""
 
 

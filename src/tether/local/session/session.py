@@ -39,9 +39,10 @@ from tether.kube.targets import (
 from tether.local.session.progress import Progress
 from tether.local.session.reconnect import keep_connected
 from tether.protocol import Connection, Role
-from tether.protocol.events import TARGET_GONE
+from tether.protocol.events import SESSION_TARGET_GONE, TARGET_GONE
 from tether.protocol.messages import SessionLeave, SessionTarget
 from tether.tunnel import RemoteOpError, Tunnel, TunnelClosedError
+from tether.tunnel.tunnel import PeerMovedError
 
 HANDSHAKE_TIMEOUT = 15.0
 # How often a session whose pod went away looks for a Ready one to move to.
@@ -102,9 +103,12 @@ class Session:
         gone = self.target
         started = time.monotonic()
         deadline = started + self.config.agent.reconnect_timeout
-        # Its agent is leaving with its target: its Job goes now, not after a TTL.
-        with contextlib.suppress(KubeError):
-            await _finish_agent(self.kube, old.acquired, True, self.progress)
+        lost = self.tunnel.lost_because
+        if isinstance(lost, PeerMovedError) and lost.code == TARGET_GONE:
+            # Its agent is leaving with its target: its Job goes now, not after a TTL. (Not
+            # when only this session's own container went: the agent serves others still.)
+            with contextlib.suppress(KubeError):
+                await _finish_agent(self.kube, old.acquired, True, self.progress)
         last = "no Ready pod"
         while time.monotonic() < deadline:
             try:
@@ -335,7 +339,7 @@ async def attach_agent(
             await _finish_agent(kube, acquired, last, progress)
             raise
         if follow is not None:
-            tunnel.follow_codes = frozenset({TARGET_GONE})
+            tunnel.follow_codes = frozenset({TARGET_GONE, SESSION_TARGET_GONE})
         keeper = asyncio.create_task(
             keep_connected(
                 tunnel,
