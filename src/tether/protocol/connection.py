@@ -248,15 +248,20 @@ class Connection:
             return data
         if self._received - self._told >= ACK_PIGGYBACK and self._state is _State.OPEN:
             self._acknowledge_received()
-        data = out[0] if len(out) == 1 else b"".join(out)
+        ctl = self._ctl
+        if ctl:
+            control = sum(len(piece) for piece in ctl)
+            data = b"".join([*ctl, *out])
+            ctl.clear()
+        else:
+            control = 0
+            data = out[0] if len(out) == 1 else b"".join(out)
+        # Kept until acknowledged, a cut may lose any of it: the pieces themselves (the
+        # payloads the application handed us), not a copy of the joined bytes.
+        self._unacked.extend(out)
+        self._sent += len(data) - control
         out.clear()
         self._queued = 0
-        # Kept until acknowledged: a cut may lose any of it.
-        self._unacked.append(data)
-        self._sent += len(data)
-        if self._ctl:
-            data = b"".join(self._ctl) + data
-            self._ctl.clear()
         return data
 
     # -- handshake ---------------------------------------------------------------------------

@@ -251,9 +251,7 @@ class Tunnel:
         try:
             await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
         except TimeoutError:
-            self._stop_loops()
-            conn.transport_lost()
-            await transport.close()
+            await self._drop(transport)
             raise TunnelClosedError(f"no handshake within {timeout:g} s") from None
         self.lost_because = None
         self._interrupted.clear()
@@ -277,18 +275,20 @@ class Tunnel:
         try:
             await asyncio.wait_for(asyncio.shield(self._resumed), timeout)
         except TimeoutError:
-            self._stop_loops()
-            self.conn.transport_lost()
-            await transport.close()
+            await self._drop(transport)
             raise TunnelClosedError(f"no answer to the resume within {timeout:g} s") from None
         except BaseException:
             if not self._done.is_set():
-                self._stop_loops()
-                self.conn.transport_lost()
-                await transport.close()
+                await self._drop(transport)
             raise
         finally:
             self._resumed = None
+
+    async def _drop(self, transport: Transport) -> None:
+        # A new transport that failed during its handshake: back to waiting for the next.
+        self._stop_loops()
+        self.conn.transport_lost()
+        await transport.close()
 
     def hand_over(self) -> Transport:
         """Agent: this (fresh) tunnel's peer asked to resume another session: stop reading
