@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from devcluster import policy
 from tether.kube.client import KubeClient, connect
 from tether.kube.portforward import PortForward, open_portforward
 
@@ -42,12 +43,24 @@ def kubectl(*args: str, input: str | None = None) -> str:
     ).stdout
 
 
+def namespace_objects() -> list[dict[str, object]]:
+    """The bench namespace, and the RoleBinding that lets its pods be privileged: the
+    devcluster runs PodSecurityPolicy admission, and the agent Jobs the benchmarks start here
+    (hostPID, added capabilities) are refused in a namespace not granted privileged pods. The
+    benchmarks are project-internal and only ever run on the devcluster, so they grant it
+    themselves, as an admin of such a cluster would (see devcluster.policy)."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        policy.privileged_rolebinding(NAMESPACE),
+    ]
+
+
 def deploy_script(name: str, script: Path, extra: list[dict[str, object]] | None = None) -> str:
     """Deploy `script` as Deployment NAME on the python image (plus `extra` objects) in the
     bench namespace, idempotently; wait for it and return its ready pod's name."""
     labels = {"app": name}
     items: list[dict[str, object]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        *namespace_objects(),
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",

@@ -26,7 +26,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from bench.common import AGENT_IMAGE, HERE, KUBECONFIG, NAMESPACE, kubectl, median, stop
+from bench.common import (
+    AGENT_IMAGE,
+    HERE,
+    KUBECONFIG,
+    NAMESPACE,
+    kubectl,
+    median,
+    namespace_objects,
+    stop,
+)
 
 NAME = "follow"
 RATE = 50.0
@@ -47,7 +56,8 @@ def manifest() -> dict[str, object]:
         "apiVersion": "v1",
         "kind": "List",
         "items": [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+            # With the RoleBinding that lets its agents be privileged (see namespace_objects).
+            *namespace_objects(),
             {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",

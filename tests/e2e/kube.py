@@ -1,12 +1,18 @@
 """Helpers for the e2e tests: kubectl against the devcluster, pods that run a script."""
 
+import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from devcluster import policy
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("DEVCLUSTER_STATE", "/var/lib/tether-devcluster"))
@@ -45,6 +51,17 @@ def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: f
     if check:
         assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr.strip()}"
     return proc.stdout
+
+
+def create_namespace(name: str, privileged: bool = True) -> None:
+    """Create namespace `name`; with `privileged`, its pods may be privileged (hostPID, added
+    capabilities: the tether agent's Job), as an admin of a PodSecurityPolicy cluster grants a
+    namespace: a RoleBinding of the devcluster's `devcluster:psp:privileged` ClusterRole to the
+    namespace's service accounts (see devcluster.policy). Without it, the devcluster refuses
+    every privileged pod its controllers create there (baseline only)."""
+    kubectl("create", "namespace", name)
+    if privileged:
+        kubectl("apply", "-f", "-", input=json.dumps(policy.privileged_rolebinding(name)))
 
 
 def get(kind: str, name: str, namespace: str) -> dict[str, Any]:
@@ -102,3 +119,44 @@ def deploy_shop() -> None:
         kubectl(
             "-n", "shop", "rollout", "status", f"deployment/{dep}", "--timeout=180s", timeout=200
         )
+
+
+def kubeconfig_for_role(namespace: str, rules: list[dict[str, Any]], path: Path) -> None:
+    """Write a kubeconfig for a new service account bound to a Role of exactly `rules`."""
+    name = f"limited-{secrets.token_hex(3)}"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": rules,
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(role))
+    kubectl("-n", namespace, "create", "serviceaccount", name)
+    kubectl(
+        "-n", namespace, "create", "rolebinding", name, f"--role={name}",
+        f"--serviceaccount={namespace}:{name}",
+    )  # fmt: skip
+    token = ""
+    deadline = time.monotonic() + 30
+    while not token and time.monotonic() < deadline:
+        secret_name = kubectl(
+            "-n", namespace, "get", "sa", name, "-o", "jsonpath={.secrets[0].name}"
+        )  # fmt: skip
+        if secret_name:
+            token = kubectl(
+                "-n", namespace, "get", "secret", secret_name, "-o", "jsonpath={.data.token}"
+            )  # fmt: skip
+        time.sleep(0.3)
+
+    admin = KUBECONFIG.read_text()
+
+    conf = yaml.safe_load(admin)
+    conf["users"] = [{"name": name, "user": {"token": base64.b64decode(token).decode()}}]
+    conf["contexts"][0]["context"]["user"] = name
+    path.write_text(yaml.safe_dump(conf))
+
+
+def readme_role() -> list[dict[str, Any]]:
+    """The rules of the README's minimal Role (examples/rbac/tether-user.yaml)."""
+    role = yaml.safe_load((REPO / "examples" / "rbac" / "tether-user.yaml").read_text())
+    return list(role["rules"])

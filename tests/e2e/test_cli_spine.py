@@ -12,10 +12,8 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tests.e2e.cli import (
     AGENT,
@@ -29,7 +27,14 @@ from tests.e2e.cli import (
     wait_no_agent_objects,
     wait_port,
 )
-from tests.e2e.kube import BUSYBOX_IMAGE, KUBECONFIG, REPO, kubectl, ready_pod
+from tests.e2e.kube import (
+    BUSYBOX_IMAGE,
+    create_namespace,
+    kubeconfig_for_role,
+    kubectl,
+    readme_role,
+    ready_pod,
+)
 
 ABSENT = "docker.io/tether/absent:0"
 FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
@@ -135,7 +140,7 @@ def test_ls_and_schema() -> None:
 @pytest.fixture
 def scratch_ns() -> Iterator[str]:
     ns = f"tether-e2e-cli-{secrets.token_hex(3)}"
-    kubectl("create", "namespace", ns)
+    create_namespace(ns)
     try:
         yield ns
     finally:
@@ -179,7 +184,7 @@ def test_errors_are_one_line_and_leave_nothing(scratch_ns: str, tmp_path: Path) 
 
 def _limited_kubeconfig(namespace: str, path: Path) -> None:
     """A kubeconfig for a service account that may read pods and deployments, nothing else."""
-    _kubeconfig_for_role(
+    kubeconfig_for_role(
         namespace,
         [
             {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
@@ -190,42 +195,7 @@ def _limited_kubeconfig(namespace: str, path: Path) -> None:
     )  # fmt: skip
 
 
-def _kubeconfig_for_role(namespace: str, rules: list[dict[str, Any]], path: Path) -> None:
-    """Write a kubeconfig for a new service account bound to a Role of exactly `rules`."""
-    name = f"limited-{secrets.token_hex(3)}"
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": name, "namespace": namespace},
-        "rules": rules,
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(role))
-    kubectl("-n", namespace, "create", "serviceaccount", name)
-    kubectl(
-        "-n", namespace, "create", "rolebinding", name, f"--role={name}",
-        f"--serviceaccount={namespace}:{name}",
-    )  # fmt: skip
-    token = ""
-    deadline = time.monotonic() + 30
-    while not token and time.monotonic() < deadline:
-        secret_name = kubectl(
-            "-n", namespace, "get", "sa", name, "-o", "jsonpath={.secrets[0].name}"
-        )  # fmt: skip
-        if secret_name:
-            token = kubectl(
-                "-n", namespace, "get", "secret", secret_name, "-o", "jsonpath={.data.token}"
-            )  # fmt: skip
-        time.sleep(0.3)
-
-    admin = KUBECONFIG.read_text()
-
-    conf = yaml.safe_load(admin)
-    conf["users"] = [{"name": name, "user": {"token": base64.b64decode(token).decode()}}]
-    conf["contexts"][0]["context"]["user"] = name
-    path.write_text(yaml.safe_dump(conf))
-
-
-README_ROLE = yaml.safe_load((REPO / "examples" / "rbac" / "tether-user.yaml").read_text())
+README_ROLE = readme_role()
 
 
 def _app_deployment(namespace: str) -> None:
@@ -242,7 +212,7 @@ def _app_deployment(namespace: str) -> None:
 def test_a_session_works_with_exactly_the_readme_role(scratch_ns: str, tmp_path: Path) -> None:
     _app_deployment(scratch_ns)
     kubeconfig = tmp_path / "role.kubeconfig"
-    _kubeconfig_for_role(scratch_ns, README_ROLE["rules"], kubeconfig)
+    kubeconfig_for_role(scratch_ns, README_ROLE, kubeconfig)
     target = ["-t", "deployment/app", "-n", scratch_ns, "--kubeconfig", str(kubeconfig), *AGENT]
     assert tether("ls", "-n", scratch_ns, "--kubeconfig", str(kubeconfig)).returncode == 0
     proc = tether("env", *target)
@@ -269,7 +239,7 @@ def test_doctor_passes_with_the_readme_role_and_names_a_missing_verb(
 ) -> None:
     _app_deployment(scratch_ns)
     full = tmp_path / "role.kubeconfig"
-    _kubeconfig_for_role(scratch_ns, README_ROLE["rules"], full)
+    kubeconfig_for_role(scratch_ns, README_ROLE, full)
     target = ["-t", "deployment/app", "-n", scratch_ns, *AGENT]
     before = _cluster_objects(scratch_ns)
     proc = tether("doctor", *target, "--kubeconfig", str(full), "-o", "json")
@@ -282,12 +252,12 @@ def test_doctor_passes_with_the_readme_role_and_names_a_missing_verb(
     # It creates nothing.
     assert _cluster_objects(scratch_ns) == before
 
-    rules = [dict(rule) for rule in README_ROLE["rules"]]
+    rules = [dict(rule) for rule in README_ROLE]
     for rule in rules:
         if rule["resources"] == ["jobs"]:
             rule["verbs"] = [v for v in rule["verbs"] if v != "delete"]
     less = tmp_path / "less.kubeconfig"
-    _kubeconfig_for_role(scratch_ns, rules, less)
+    kubeconfig_for_role(scratch_ns, rules, less)
     proc = tether("doctor", *target, "--kubeconfig", str(less))
     assert proc.returncode == 1, proc.stdout
     assert f"FAIL rbac: namespace {scratch_ns}: cannot delete jobs.batch" in proc.stdout
@@ -296,12 +266,12 @@ def test_doctor_passes_with_the_readme_role_and_names_a_missing_verb(
 
 def test_without_a_verb_of_the_role_the_error_names_it(scratch_ns: str, tmp_path: Path) -> None:
     _app_deployment(scratch_ns)
-    rules = [dict(rule) for rule in README_ROLE["rules"]]
+    rules = [dict(rule) for rule in README_ROLE]
     for rule in rules:
         if rule["resources"] == ["secrets"]:
             rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
     kubeconfig = tmp_path / "less.kubeconfig"
-    _kubeconfig_for_role(scratch_ns, rules, kubeconfig)
+    kubeconfig_for_role(scratch_ns, rules, kubeconfig)
     proc = tether(
         "env", "-t", "deployment/app", "-n", scratch_ns, "--kubeconfig", str(kubeconfig), *AGENT
     )

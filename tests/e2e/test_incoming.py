@@ -33,7 +33,15 @@ from tests.e2e.cli import (
     tether_env,
     wait_no_agent_objects,
 )
-from tests.e2e.kube import AGENT_IMAGE, PYTHON_IMAGE, get, kubectl, one_container, ready_pod
+from tests.e2e.kube import (
+    AGENT_IMAGE,
+    PYTHON_IMAGE,
+    create_namespace,
+    get,
+    kubectl,
+    one_container,
+    ready_pod,
+)
 
 FRONTEND = ["--target", "deployment/frontend", "-n", "shop", *AGENT]
 
@@ -311,7 +319,7 @@ def test_an_agent_in_a_namespace_of_its_own_serves_the_target(tmp_path: Path) ->
     # agent.namespace: an admin's namespace where privileged pods are allowed, while the
     # target stays in its own; the hostPID agent reaches it on its node.
     agents = f"tether-e2e-agents-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", agents)
+    create_namespace(agents)
     try:
         (tmp_path / "tether.toml").write_text(f'[agent]\nnamespace = "{agents}"\n')
         env = tether("env", *FRONTEND, cwd=str(tmp_path))

@@ -9,7 +9,15 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from tests.e2e.kube import BUSYBOX_IMAGE, KUBECONFIG, PYTHON_IMAGE, get, kubectl, ready_pod
+from tests.e2e.kube import (
+    BUSYBOX_IMAGE,
+    KUBECONFIG,
+    PYTHON_IMAGE,
+    create_namespace,
+    get,
+    kubectl,
+    ready_pod,
+)
 from tether.config import AgentConfig
 from tether.kube import (
     KubeClient,
@@ -90,7 +98,6 @@ def scratch() -> Iterator[str]:
     pod (scaled to 0; never ready). Deleted at the end."""
     ns = f"tether-e2e-kube-{secrets.token_hex(3)}"
     objects = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
         {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -124,6 +131,7 @@ def scratch() -> Iterator[str]:
         },
     ]
     try:
+        create_namespace(ns)
         kubectl(
             "apply",
             "-f",
@@ -320,7 +328,7 @@ async def test_agent_job_lifecycle() -> None:
         assert _session_objects("shop", session) == (0, 0)
         handle = await start_agent_job(kc, manifest, new_secret())
         try:
-            pod_name = await wait_agent_ready(kc, handle, 60, phases.append)
+            pod_name, _ = await wait_agent_ready(kc, handle, 60, phases.append)
             assert _session_objects("shop", session) == (1, 1)
             pod = get("pod", pod_name, "shop")
             assert pod["spec"]["nodeName"] == target.node_name
@@ -450,7 +458,8 @@ async def test_agent_job_that_cannot_create_its_pod() -> None:
         "metadata": {"name": "no-pods", "namespace": ns},
         "spec": {"hard": {"pods": "0"}},
     }
-    kubectl("create", "namespace", ns)
+    # Privileged pods allowed, so that the quota, not the pod security policy, refuses it.
+    create_namespace(ns)
     try:
         kubectl("apply", "-f", "-", input=json.dumps(quota))
         # Until the quota controller has filled in the status, admission says "status unknown"

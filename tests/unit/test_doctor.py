@@ -162,3 +162,67 @@ async def test_a_pod_security_refusal_recorded_on_1_30_fails_the_check_with_its_
     assert core.dry_run == "All"  # never a real create
     assert check.status == "failing"
     assert 'violates PodSecurity "baseline:latest": host namespaces' in check.detail
+
+
+def _eph(outcome: str = "admitted", usable: bool = True, detail: str = "env, DNS") -> Any:
+    from tether.doctor.cluster import EphemeralFinding
+
+    return EphemeralFinding(outcome, detail, False, usable)
+
+
+JOB_OK = admission_check("admitted", "")
+JOB_REFUSED = admission_check("refused", "unable to validate against any pod security policy")
+
+
+@pytest.mark.parametrize(
+    ("mode", "job", "eph", "statuses", "verdict"),
+    [
+        ("job", JOB_OK, None, ["ok", "ok"], "agent.mode = job"),
+        ("job", JOB_REFUSED, None, ["failing"], None),
+        ("ephemeral", None, _eph(), ["ok", "ok"], "agent.mode = ephemeral: env, DNS"),
+        ("ephemeral", None, _eph("refused", False), ["failing"], None),
+        ("ephemeral", None, _eph("unchecked", False), ["failing"], None),
+        # auto: a broken fallback does not fail a session the Job serves...
+        ("auto", JOB_OK, _eph("unchecked", False), ["ok", "warning", "ok"], "uses the Job"),
+        ("auto", JOB_OK, _eph(), ["ok", "ok", "ok"], "uses the Job"),
+        # ...a refused Job does not fail one an ephemeral agent serves...
+        ("auto", JOB_REFUSED, _eph(), ["warning", "ok", "ok"], "uses an ephemeral container"),
+        # ...and only both refused fail.
+        ("auto", JOB_REFUSED, _eph("refused", False), ["failing", "failing", "failing"], "neither"),
+        ("auto", JOB_REFUSED, _eph(usable=False), ["failing", "failing", "failing"], "neither"),
+    ],
+)
+def test_which_agent_a_session_would_use(
+    mode: str, job: Check | None, eph: Any, statuses: list[str], verdict: str | None
+) -> None:
+    from tether.doctor.cluster import mode_checks
+
+    checks = mode_checks(mode, job, eph)
+    assert [c.status for c in checks] == statuses
+    if verdict is not None:
+        assert checks[-1].name == "mode" and verdict in checks[-1].detail
+    if job is JOB_REFUSED and statuses[0] == "warning":
+        assert "pod security policy" in checks[0].detail  # the refusal is still shown
+
+
+def test_what_an_ephemeral_agent_can_do_per_cluster() -> None:
+    from tether.doctor.cluster import ephemeral_features
+    from tether.kube.agent_ephemeral import support_for
+
+    assert "no mirror or steal (no capabilities" in ephemeral_features(
+        support_for("v1.20.2"), False, ""
+    )
+    assert ephemeral_features(support_for("v1.30.0"), True, "").endswith("mirror, steal")
+    refused = ephemeral_features(support_for("v1.30.0"), False, "violates PodSecurity")
+    assert "violates PodSecurity" in refused
+
+
+def test_the_fallbacks_missing_permissions_are_warnings() -> None:
+    from tether.doctor.cluster import ephemeral_rbac_checks
+    from tether.kube.permissions import ephemeral_extra
+
+    (patch,) = ephemeral_extra("shop", "shop")
+    (check,) = ephemeral_rbac_checks("shop", [patch])
+    assert check.status == "warning" and "patch pods/ephemeralcontainers" in check.detail
+    assert "tether-ephemeral.yaml" in check.fix
+    assert ephemeral_rbac_checks("shop", []) == []

@@ -1,9 +1,11 @@
 """Bringing the devcluster up, down, and reporting on it.
 
-`up` is idempotent: a healthy cluster is reused as is. Anything less (a component gone, e.g.
-after every process was killed) is recovered by a clean restart: our remaining processes are
-ended by PID, stale mounts, network namespaces and IPAM leases are removed, then everything
-starts again on the same etcd data, certificates and imported images.
+`up` is idempotent: a healthy cluster is reused as is, except that a component whose command
+line is not the one `up` would use now (started by an older devcluster) is restarted. Anything
+less (a component gone, e.g. after every process was killed) is recovered by a clean restart:
+our remaining processes are ended by PID, stale mounts, network namespaces and IPAM leases are
+removed, then everything starts again on the same etcd data, certificates and imported images.
+Either way the pod security policies (policy.py) are applied before any workload pod is made.
 """
 
 import contextlib
@@ -17,12 +19,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devcluster import build, components, images, install, layout, network, pki
+from devcluster import build, components, images, install, layout, network, pki, policy
 from devcluster import restart as plan
 from devcluster.errors import DevclusterError
 from devcluster.procs import Daemon, file_lock, pids_of_exe
@@ -317,6 +319,34 @@ def _healthy_for_reuse() -> bool:
     return all(s.healthy for s in st)
 
 
+def stale_daemons(
+    running: Mapping[str, list[str] | None], wanted: Mapping[str, list[str]]
+) -> list[str]:
+    """The daemons (in start order) whose running command line, when known, is not the one
+    `up` would start them with now: a cluster started by an older devcluster must not be
+    reused with stale flags. Only restartable daemons count (cluster-dns's command line
+    names whichever interpreter ran `up`)."""
+    restartable = {t.daemon for t in plan.TARGETS}
+    return [
+        name
+        for name in ORDER
+        if name in restartable
+        and name in wanted
+        and running.get(name) is not None
+        and running.get(name) != wanted[name]
+    ]
+
+
+def _restart_stale() -> None:
+    running = {}
+    for d in daemons():
+        pid = d.pid()
+        running[d.name] = _cmdline(pid) if pid is not None else None
+    wanted = {name: _component(name).argv for name in ORDER}
+    for name in stale_daemons(running, wanted):
+        _restart(plan.choose(name), timeout=120.0, grace=10.0)
+
+
 def _kubectl(*args: str, input: bytes | None = None) -> str:
     env = {**os.environ, "KUBECONFIG": str(layout.ADMIN_KUBECONFIG)}
     proc = run([str(layout.K8S_BIN / "kubectl"), *args], env=env, input=input, timeout=120)
@@ -355,6 +385,13 @@ def _dns_addon() -> bytes:
         ],
     }
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": [svc, eps]}).encode()
+
+
+def _apply_policies() -> None:
+    # Before any workload pod: with PodSecurityPolicy admission on, a pod no policy admits is
+    # refused (see policy.py).
+    manifest = {"apiVersion": "v1", "kind": "List", "items": policy.manifests()}
+    _kubectl("apply", "-f", "-", input=json.dumps(manifest).encode())
 
 
 def _wait_workloads(since: float, timeout: float = 120) -> None:
@@ -397,6 +434,8 @@ def _up(project: Path | None) -> float:
     pki.ensure_pki()
     if _healthy_for_reuse():
         log.info("cluster already running and healthy: reusing it")
+        _apply_policies()
+        _restart_stale()
     else:
         stop_all()
         # Seconds are the granularity of Kubernetes timestamps.
@@ -410,6 +449,7 @@ def _up(project: Path | None) -> float:
             _start(name)
         images.build_base_images()
         _start("kube-apiserver", timeout=90)
+        _apply_policies()
         _kubectl("apply", "-f", "-", input=_dns_addon())
         for name in ORDER[3:]:
             _start(name)

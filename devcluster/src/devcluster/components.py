@@ -127,7 +127,9 @@ def apiserver() -> Component:
             f"--service-cluster-ip-range={layout.SERVICE_CIDR}",
             "--allow-privileged=true",
             "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
+            # PodSecurityPolicy refuses privileged pods outside the namespaces granted them
+            # (policy.py); `up` applies the policies before any workload pod is created.
+            "--enable-admission-plugins=NodeRestriction,PodSecurityPolicy",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",

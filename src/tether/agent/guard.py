@@ -20,7 +20,7 @@ from types import FrameType
 from typing import NoReturn
 
 from tether.agent.iptables import RedirectError, remove_tether_chains
-from tether.agent.netns import CLONE_NEWNET, setns
+from tether.agent.netns import enter_netns
 from tether.agent.programs import ToolError
 
 PR_SET_PDEATHSIG = 1
@@ -138,7 +138,7 @@ def _guard(child: int, netns_fd: int, old_mask: Iterable[int]) -> int:
         status = _wait(child)
         reaped = True
         try:
-            setns(netns_fd, CLONE_NEWNET)
+            enter_netns(netns_fd)
             # stale_only: our child is dead (so its chains are stale); chains of another live
             # agent (the reason our child may have failed) stay.
             remove_tether_chains(stale_only=True)

@@ -36,6 +36,18 @@ def setns(fd: int, nstype: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
+def enter_netns(fd: int) -> None:
+    """Move the calling thread into the network namespace `fd`, unless it is there already.
+
+    An ephemeral agent lives in its target's namespace, and setns(2) asks CAP_SYS_ADMIN
+    even to enter the namespace one is in: that capability it does not have.
+    """
+    mine = Path("/proc/thread-self/ns/net").stat()
+    theirs = os.fstat(fd)
+    if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+        setns(fd, CLONE_NEWNET)
+
+
 def _family(host_ip: str) -> socket.AddressFamily:
     try:
         version = ipaddress.ip_address(host_ip).version
@@ -117,7 +129,7 @@ class NetnsExecutor:
                     self._local.error = OSError(errno.EBADF, "netns executor is shut down")
                 return
             try:
-                setns(self._fd, CLONE_NEWNET)
+                enter_netns(self._fd)
             except OSError as e:
                 self._local.error = e
 

@@ -200,6 +200,15 @@ class Operations:
     def _serve_container(self, container_id: str) -> int | None:
         """Serve this session from another container of the agent's pod (the agent is shared
         per pod; its own target is the container of the session that started it)."""
+        if self.target.in_pod:
+            # It sees only the processes of the container it was added for.
+            raise RemoteOpError(
+                RemoteError(
+                    "EXDEV",
+                    "an ephemeral agent serves only the container it was added to",
+                    errno.EXDEV,
+                )
+            )
         try:
             target = Target.find(container_id)
         except (TargetNotFound, ValueError) as exc:

@@ -20,7 +20,7 @@ from tether.agent.incoming.manager import IncomingManager, SessionRef
 from tether.agent.netns import NetnsExecutor
 from tether.agent.ops import Operations, resolve_error
 from tether.agent.resolver import PodResolver, ResolveError
-from tether.agent.target import Target, host_network_refusal
+from tether.agent.target import Target, incoming_refusal
 from tether.protocol import Connection, LocalProtocolError, RemoteError, ResumeRequested, Role
 from tether.protocol.events import TARGET_GONE, TARGET_GONE_REASON
 from tether.protocol.launch import ready_line
@@ -49,9 +49,12 @@ class Agent:
         *,
         clock: Callable[[], float] = time.monotonic,
         tick: float = 1.0,
+        secret_digest: bytes | None = None,
     ) -> None:
         self.target = target
         self.secret = secret
+        # An ephemeral agent knows only the secret's SHA-256 (see launch.SECRET_DIGEST_ENV).
+        self.secret_digest = secret_digest
         self.idle_timeout = idle_timeout
         # Injected so that tests drive idle time instead of waiting it out.
         self._clock = clock
@@ -59,7 +62,7 @@ class Agent:
         self.executor = NetnsExecutor(target.netns_path)
         self.resolver = PodResolver(target.root, self.executor)
         self.incoming = (
-            IncomingManager(self.executor, refusal=host_network_refusal(target))
+            IncomingManager(self.executor, refusal=incoming_refusal(target))
             if target.netns_path
             else None
         )
@@ -167,6 +170,7 @@ class Agent:
         conn = Connection(
             Role.AGENT,
             secret=self.secret,
+            secret_digest=self.secret_digest,
             version=__version__,
             info={"pid": self.target.pid},
             resume_token=token,

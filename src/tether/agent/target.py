@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -23,6 +24,9 @@ class Target:
     """The process whose namespaces the agent borrows; `pid=None` means targetless."""
 
     pid: int | None
+    in_pod: bool = False
+    """The agent is an ephemeral container sharing the target container's process namespace:
+    `pid` is 1 there, and the network namespace is the agent's own."""
 
     @property
     def root(self) -> Path:
@@ -36,15 +40,38 @@ class Target:
 
     @classmethod
     def find(
-        cls, container_id: str | None, proc: Path = Path("/proc"), pod_uid: str | None = None
+        cls,
+        container_id: str | None,
+        proc: Path = Path("/proc"),
+        pod_uid: str | None = None,
+        *,
+        in_pod: bool = False,
+        own_pid: int | None = None,
     ) -> Target:
         """The target for `container_id`; else, with `pod_uid`, the pod's sandbox (its
-        network namespace, before or without its app containers); else a targetless one."""
+        network namespace, before or without its app containers); else, `in_pod`, the init
+        of the container whose process namespace the agent shares; else a targetless one."""
+        if in_pod:
+            return cls(find_shared_init(proc, os.getpid() if own_pid is None else own_pid), True)
         if container_id is not None:
             return cls(find_container_pid(container_id, proc))
         if pod_uid is not None:
             return cls(find_pod_pid(pod_uid, proc))
         return cls(None)
+
+
+def find_shared_init(proc: Path, own_pid: int) -> int:
+    """PID 1 of the agent's process namespace: the target container's init, when the
+    runtime honoured `targetContainerName`. If the agent is PID 1 itself, it was given a
+    namespace of its own, and there is no target process to read."""
+    if own_pid == 1:
+        raise TargetNotFound(
+            "the agent got a process namespace of its own: the container runtime does not"
+            " support targetContainerName for ephemeral containers (use agent.mode = job)"
+        )
+    if not (proc / "1").is_dir():
+        raise TargetNotFound(f"no process 1 in {proc}: not in the target's process namespace")
+    return 1
 
 
 def same_netns(a: Target, b: Target) -> bool:
@@ -71,7 +98,9 @@ def host_network_refusal(target: Target, proc: Path = Path("/proc")) -> str | No
     namespace is a hostNetwork pod (or a PID scan gone wrong, such as a runtime's monitor
     process), and rules there would redirect the node's own traffic.
     """
-    if target.pid is None:
+    if target.pid is None or target.in_pod:
+        # In the pod, PID 1 is the target, not the node's init: the CLI refuses a
+        # hostNetwork target from its pod spec instead.
         return None
     mine, host = _netns_id(target.pid, proc), _netns_id(1, proc)
     if mine is None:
@@ -174,3 +203,39 @@ def _first_process(proc: Path, belongs: Callable[[str], bool], what: str) -> int
     if not matches:
         raise TargetNotFound(f"no process of {what} on this node")
     return min(matches)[1]
+
+
+CAP_NET_ADMIN = 12
+
+
+def capability_refusal(status_text: str) -> str | None:
+    """Why this agent cannot redirect the target's ports, from /proc/self/status (pure), or
+    None: iptables needs CAP_NET_ADMIN, which an ephemeral agent has only when the cluster
+    allows it capabilities (Kubernetes 1.22+ and the namespace's policy)."""
+    for line in status_text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "CapEff":
+            try:
+                effective = int(value.strip(), 16)
+            except ValueError:
+                break
+            if effective >> CAP_NET_ADMIN & 1:
+                return None
+            return (
+                "the agent has no NET_ADMIN capability, which mirror and steal need (an"
+                " ephemeral agent gets it only on Kubernetes 1.22+ where the namespace's"
+                " policy allows it: use agent.mode = job, with agent.namespace if needed)"
+            )
+    return "cannot read the agent's capabilities (CapEff in /proc/self/status)"
+
+
+def incoming_refusal(target: Target, proc: Path = Path("/proc")) -> str | None:
+    """Why mirror and steal cannot work for `target` with this agent, or None if they can."""
+    refusal = host_network_refusal(target, proc)
+    if refusal is not None:
+        return refusal
+    try:
+        status = (proc / "self" / "status").read_text()
+    except OSError:
+        status = ""
+    return capability_refusal(status)

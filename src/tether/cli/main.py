@@ -112,6 +112,12 @@ def target_options(fn: F) -> F:
         click.option("--agent-image", help="Agent image (config: agent.image)."),
         click.option("--agent-namespace", help="Namespace for the agent Job."),
         click.option(
+            "--agent-mode",
+            type=click.Choice(["auto", "job", "ephemeral"]),
+            help="The agent as a Job, as an ephemeral container in the target pod, or auto "
+            "(config: agent.mode).",
+        ),
+        click.option(
             "--reconnect-timeout",
             "agent_reconnect_timeout",
             type=float,
@@ -287,9 +293,12 @@ def port_forward(local: tuple[str, ...], remote: tuple[str, ...], **opts: Any) -
         if not local and not remote:
             raise ForwardSpecError("give at least one -L or -R")
         config, progress = build_config(opts)
-        if config.incoming.mode == "off":
+        # Incoming traffic is -R's alone: without it the agent needs no redirect (nor, when
+        # it is an ephemeral one, NET_ADMIN); with it, mirror unless steal was asked.
+        wanted = ("mirror" if config.incoming.mode == "off" else None) if remote else "off"
+        if wanted is not None:
             config = config.model_copy(
-                update={"incoming": config.incoming.model_copy(update={"mode": "mirror"})}
+                update={"incoming": config.incoming.model_copy(update={"mode": wanted})}
             )
         reverse = [parse_port_spec(spec) for spec in remote]
         if reverse and (config.target in (None, "targetless")):
@@ -434,7 +443,10 @@ def doctor(output: str, **opts: Any) -> None:
         else:
             async with kube:
                 namespace = config.namespace or kube.default_namespace
-                checks += await cluster_checks(kube, namespace, config.target, config.agent)
+                incoming = config.incoming.mode != "off"
+                checks += await cluster_checks(
+                    kube, namespace, config.target, config.agent, incoming
+                )
         found = report(checks)
         click.echo(found.to_json() if output == "json" else found.to_text(), nl=False)
         return 0 if found.session_would_start else 1

@@ -26,9 +26,19 @@ class AgentConfig(BaseModel):
         default=DEFAULT_AGENT_IMAGE,
         description="Container image of the agent. Pin it to the version of your tether.",
     )
+    mode: Literal["auto", "job", "ephemeral"] = Field(
+        default="auto",
+        description="How the agent runs next to a target. job: a Job on the target's node "
+        "(hostPID and capabilities; everything works). ephemeral: a container added to the "
+        "target pod (no privileges asked on Kubernetes < 1.22: env, files, outgoing and DNS, "
+        "but no mirror or steal; it stays in the pod's spec until the pod goes). auto: the Job, "
+        "or the ephemeral container when admission refuses the Job's pod. Targetless "
+        "sessions always use a Job.",
+    )
     namespace: str | None = Field(
         default=None,
-        description="Namespace the agent Job is created in (default: the target's namespace).",
+        description="Namespace the agent Job is created in (default: the target's namespace; "
+        "an ephemeral agent is always in the target's pod).",
     )
     port: int = Field(
         default=DEFAULT_AGENT_PORT,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tether import __version__
+from tether.kube.agent_ephemeral import delete_ephemeral_secret
 from tether.kube.agent_manifest import (
     SESSION_LABEL,
     VERSION_LABEL,
@@ -163,10 +164,14 @@ async def _shielded(delete: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 async def delete_agent_job(kc: KubeClient, handle: AgentHandle) -> None:
     """Delete the agent Job and (background propagation) its pod; a missing Job is fine.
+    Of an ephemeral agent, which cannot be removed from its pod, only its Secret goes.
 
     Safe on cancellation and signal paths: the delete completes even if the caller is
     cancelled meanwhile (the cancellation is re-raised after).
     """
+    if handle.ephemeral:
+        await _shielded(functools.partial(delete_ephemeral_secret, kc, handle))
+        return
     await _shielded(lambda: _delete_agent(kc, handle.namespace, handle.job_name))
 
 
@@ -309,9 +314,13 @@ async def acquire_agent(kc: KubeClient, manifest: dict[str, Any], secret: str) -
 
 
 async def agent_running(kc: KubeClient, handle: AgentHandle) -> bool:
-    """Whether the Job's agent pod still runs (False once it exited, or the Job is gone)."""
+    """Whether the agent still runs: its Job's pod, or its ephemeral container (False once
+    it exited, or the Job or pod is gone)."""
     try:
         pod = await agent_pod(kc, handle)
     except NotFoundError:
         return False
-    return pod is not None and pod.phase in ("Pending", "Running")
+    if pod is None or pod.phase not in ("Pending", "Running"):
+        return False
+    state = pod.statuses.get(handle.container)
+    return not handle.ephemeral or state is None or state.state in ("running", "waiting")

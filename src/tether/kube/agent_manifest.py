@@ -48,6 +48,25 @@ class AgentHandle:
     warnings: tuple[str, ...] = ()
     """What the API server warned about when the Job was created (Pod Security's `warn`
     level, deprecations): a refused agent pod often shows here first."""
+    pod: str | None = None
+    """For an ephemeral agent: the target's pod it runs in (`job_name` is then the
+    container's name, `uid` the pod's); None for a Job."""
+
+    @property
+    def ephemeral(self) -> bool:
+        """Whether the agent is an ephemeral container rather than a Job."""
+        return self.pod is not None
+
+    @property
+    def container(self) -> str:
+        """The agent's container in its pod."""
+        return self.job_name if self.ephemeral else CONTAINER
+
+    def describe(self) -> str:
+        """How progress and errors name the agent."""
+        if self.ephemeral:
+            return f"ephemeral container {self.job_name} in pod {self.namespace}/{self.pod}"
+        return f"job {self.namespace}/{self.job_name}"
 
 
 def job_name(session_id: str) -> str:

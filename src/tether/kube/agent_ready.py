@@ -10,13 +10,14 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tether.kube.agent_manifest import CONTAINER, AgentHandle
 from tether.kube.client import KubeClient
 from tether.kube.errors import (
     AgentFailedError,
     AgentImageError,
+    AgentRefusedError,
     AgentTimeoutError,
     KubeError,
     Operation,
@@ -62,6 +63,15 @@ class _Phases:
             self.on_phase(phase)
 
 
+class ReadyAgent(NamedTuple):
+    """An agent that printed its ready line."""
+
+    pod: str
+    """The pod it runs in (its Job's, or the target's for an ephemeral agent)."""
+    port: int
+    """The port it listens on in that pod (an ephemeral agent picks a free one)."""
+
+
 @dataclass(frozen=True)
 class Assessment:
     """What one state of the agent pod means for a session waiting on it."""
@@ -76,21 +86,24 @@ class Assessment:
     """The container runs: its log may now be followed for the ready line."""
 
 
-def assess(pod: PodView) -> Assessment:
-    """The meaning of the agent pod's state `pod` (pure: table-tested)."""
-    phases: list[str] = []
+def _scheduling(pod: PodView) -> list[str]:
     if pod.node_name:
-        phases.append(f"scheduled on node {pod.node_name}")
-    else:
-        status, reason, message = pod.conditions.get("PodScheduled", ("", "", ""))
-        if status == "False":
-            phases.append(f"not scheduled yet: {message or reason}")
-    state = pod.statuses.get(CONTAINER)
+        return [f"scheduled on node {pod.node_name}"]
+    status, reason, message = pod.conditions.get("PodScheduled", ("", "", ""))
+    return [f"not scheduled yet: {message or reason}"] if status == "False" else []
+
+
+def assess(pod: PodView, container: str = CONTAINER) -> Assessment:
+    """The meaning of the agent pod's state `pod` (pure: table-tested). `container` is the
+    agent's: CONTAINER in a Job's pod, the ephemeral container's name in a target's."""
+    # An ephemeral agent joins a pod that runs already: it has no scheduling to report.
+    phases = _scheduling(pod) if container == CONTAINER else []
+    state = pod.statuses.get(container)
     if state is not None and state.state == "waiting" and state.reason in IMAGE_ERRORS:
         return Assessment(
             phases,
             image_error=(
-                f'agent image "{pod.images.get(CONTAINER, "?")}" is not available on node'
+                f'agent image "{pod.images.get(container, "?")}" is not available on node'
                 f' "{pod.node_name}" ({state.reason}: {state.message or "no message"}; set'
                 " agent.image to an image the node can get, or agent.image_pull_policy)"
             ),
@@ -109,8 +122,8 @@ async def wait_agent_ready(
     handle: AgentHandle,
     timeout: float,
     on_phase: PhaseCallback | None = None,
-) -> str:
-    """Wait until the agent prints its ready line; return the agent pod's name.
+) -> ReadyAgent:
+    """Wait until the agent prints its ready line; return its pod and port.
 
     Reports progress through `on_phase` ("scheduled on node X", "pulling image ...",
     "container started", ...). Raises AgentImageError when the node cannot get the image,
@@ -123,16 +136,16 @@ async def wait_agent_ready(
         async with asyncio.timeout(timeout):
             return await _wait_ready(kc, handle, phases, watch_seconds=int(timeout) + 5)
     except TimeoutError:
+        what = f"pod {handle.pod}" if handle.pod is not None else f"job {handle.job_name}"
         raise AgentTimeoutError(
             f"agent did not become ready within {timeout:g}s (last: {phases.last}; raise"
-            f" agent.startup_timeout, or kubectl -n {handle.namespace} describe job"
-            f" {handle.job_name})"
+            f" agent.startup_timeout, or kubectl -n {handle.namespace} describe {what})"
         ) from None
 
 
 async def _wait_ready(
     kc: KubeClient, handle: AgentHandle, phases: _Phases, watch_seconds: int
-) -> str:
+) -> ReadyAgent:
     # Three sources feed one queue: the pod's updates, the Job's health while it has no pod,
     # and (once the container runs) its followed log. The first verdict wins.
     verdicts: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -158,21 +171,24 @@ async def _wait_ready(
                 raise item
             if kind == "ready":
                 phases.report("agent ready")
-                return str(item)
+                ready: ReadyAgent = item
+                return ready
             pod: PodView = item
             seen_pod.set()
-            verdict = assess(pod)
+            verdict = assess(pod, handle.container)
             for phase in verdict.phases:
                 phases.report(phase)
             if verdict.image_error is not None:
                 raise AgentImageError(verdict.image_error)
             if verdict.exited:
-                raise await _pod_failed(kc, pod)
+                raise await _pod_failed(kc, pod, handle.container)
             if verdict.running and follower is None:
-                follower = asyncio.create_task(feed("ready", _ready_line(kc, pod)))
+                follower = asyncio.create_task(
+                    feed("ready", _ready_line(kc, pod, handle.container))
+                )
                 tasks.append(follower)
             elif not verdict.running and events_allowed and pod.node_name:
-                events_allowed = await _report_events(kc, pod, phases)
+                events_allowed = await _report_events(kc, pod, phases, handle.container)
     finally:
         for task in tasks:
             task.cancel()
@@ -185,17 +201,22 @@ def _newest(pods: list[PodView]) -> PodView:
     return max(pods, key=lambda p: (p.created or _EPOCH, p.name))
 
 
-def _selector(handle: AgentHandle) -> str:
+def _selector(handle: AgentHandle) -> dict[str, str]:
+    if handle.pod is not None:
+        return {"field_selector": f"metadata.name={handle.pod}"}
     # controller-uid, not job-name: a shared Job's name outlives one incarnation of it.
-    return f"controller-uid={handle.uid}"
+    return {"label_selector": f"controller-uid={handle.uid}"}
 
 
 async def agent_pod(kc: KubeClient, handle: AgentHandle) -> PodView | None:
-    """The Job's newest agent pod, or None if it has none (yet, or any more)."""
+    """The agent's pod: the Job's newest (None if it has none, yet or any more), or the
+    target pod an ephemeral agent is in (None once it is gone or replaced)."""
     pods = await kc.call(
-        kc.core.list_namespaced_pod(handle.namespace, label_selector=_selector(handle)),
+        kc.core.list_namespaced_pod(handle.namespace, **_selector(handle)),
         Operation("list", "pods", handle.namespace),
     )
+    if handle.pod is not None:
+        pods.items = [p for p in pods.items if str(p.metadata.uid) == handle.uid]
     views = [pod_view(p) for p in pods.items]
     return _newest(views) if views else None
 
@@ -212,7 +233,7 @@ async def _pod_updates(
             async with watch.Watch().stream(
                 kc.core.list_namespaced_pod,
                 handle.namespace,
-                label_selector=_selector(handle),
+                **_selector(handle),
                 timeout_seconds=watch_seconds,
             ) as events:
                 async for event in events:
@@ -228,8 +249,9 @@ async def _pod_updates(
 async def _job_problems(
     kc: KubeClient, handle: AgentHandle, seen_pod: asyncio.Event
 ) -> AsyncIterator[None]:
-    """Raise as soon as the Job reports it cannot make its pod; ends once it has one."""
-    while not seen_pod.is_set():
+    """Raise as soon as the Job reports it cannot make its pod; ends once it has one (an
+    ephemeral agent has no Job: its refusal was the answer to adding it)."""
+    while handle.pod is None and not seen_pod.is_set():
         await _check_job(kc, handle)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(seen_pod.wait(), JOB_CHECK)
@@ -237,20 +259,21 @@ async def _job_problems(
     yield  # an async generator, for feed()
 
 
-async def _ready_line(kc: KubeClient, pod: PodView) -> AsyncIterator[str]:
-    """Follow the agent container's log; yield the pod's name at the ready line."""
+async def _ready_line(kc: KubeClient, pod: PodView, container: str) -> AsyncIterator[ReadyAgent]:
+    """Follow the agent container's log; yield its pod and port at the ready line."""
     op = Operation("get", "pods/log", pod.namespace, pod.name)
     while True:
         response = await kc.call(
             kc.core.read_namespaced_pod_log(
-                pod.name, pod.namespace, container=CONTAINER, follow=True, _preload_content=False
+                pod.name, pod.namespace, container=container, follow=True, _preload_content=False
             ),
             op,
         )
         try:
             while line := await response.content.readline():
-                if parse_ready(line.decode("utf-8", "replace").rstrip("\r\n")) is not None:
-                    yield pod.name
+                ready = parse_ready(line.decode("utf-8", "replace").rstrip("\r\n"))
+                if ready is not None:
+                    yield ReadyAgent(pod.name, ready[0])
                     return
         finally:
             response.release()
@@ -269,15 +292,29 @@ async def _events_of(kc: KubeClient, namespace: str, kind: str, name: str) -> An
     )
 
 
-async def _report_events(kc: KubeClient, pod: PodView, phases: _Phases) -> bool:
+def _about(field_path: str | None, container: str) -> bool:
+    """Whether a pod's event is about the agent: its container's, or the pod's own in a Job's
+    pod (an ephemeral agent's pod is the target's, whose own events are not the agent's)."""
+    if not field_path:
+        return container == CONTAINER
+    return field_path.endswith("{" + container + "}")
+
+
+async def _report_events(
+    kc: KubeClient, pod: PodView, phases: _Phases, container: str = CONTAINER
+) -> bool:
     """Report image pulling from the pod's events; False if we may not read events."""
     try:
         events = await _events_of(kc, pod.namespace, "Pod", pod.name)
     except KubeError:
         return False
-    reasons = {str(e.reason): str(e.message or "") for e in events.items}
+    reasons = {
+        str(e.reason): str(e.message or "")
+        for e in events.items
+        if _about(e.involved_object.field_path, container)
+    }
     if "Pulling" in reasons:
-        phases.report(f"pulling image {pod.images.get(CONTAINER, '')}".strip())
+        phases.report(f"pulling image {pod.images.get(container, '')}".strip())
     if "Pulled" in reasons:
         already = "already" in reasons["Pulled"]
         phases.report("image already on the node" if already else "image pulled")
@@ -303,9 +340,10 @@ async def _check_job(kc: KubeClient, handle: AgentHandle) -> None:
         return  # events are a diagnosis aid; without RBAC on them the timeout still reports
     for event in events.items:
         if event.reason == "FailedCreate":
-            raise AgentFailedError(
-                f'agent Job "{handle.job_name}" cannot create its pod: {event.message}'
-                f"{failed_create_hint(str(event.message or ''))}"
+            hint = failed_create_hint(str(event.message or ""))
+            error = AgentRefusedError if hint else AgentFailedError
+            raise error(
+                f'agent Job "{handle.job_name}" cannot create its pod: {event.message}{hint}'
             )
 
 
@@ -317,11 +355,13 @@ def failed_create_hint(message: str) -> str:
     return f" ({refusal_hint(message)})"
 
 
-async def _read_log(kc: KubeClient, pod: PodView, tail: int | None = None) -> str | None:
+async def _read_log(
+    kc: KubeClient, pod: PodView, container: str, tail: int | None = None
+) -> str | None:
     try:
         log = await kc.call(
             kc.core.read_namespaced_pod_log(
-                pod.name, pod.namespace, container=CONTAINER, tail_lines=tail
+                pod.name, pod.namespace, container=container, tail_lines=tail
             ),
             Operation("get", "pods/log", pod.namespace, pod.name),
         )
@@ -330,12 +370,12 @@ async def _read_log(kc: KubeClient, pod: PodView, tail: int | None = None) -> st
     return str(log)
 
 
-async def _pod_failed(kc: KubeClient, pod: PodView) -> AgentFailedError:
-    status = pod.statuses.get(CONTAINER)
+async def _pod_failed(kc: KubeClient, pod: PodView, container: str) -> AgentFailedError:
+    status = pod.statuses.get(container)
     why = pod.reason or pod.phase
     if status is not None and status.state == "terminated":
         why = f"{status.reason or 'terminated'}, exit code {status.exit_code}"
-    log = await _read_log(kc, pod, tail=10)
+    log = await _read_log(kc, pod, container, tail=10)
     lines = [line.strip() for line in (log or "").splitlines() if line.strip()]
     tail = " | ".join(lines) if lines else "no log output"
     return AgentFailedError(

@@ -38,6 +38,8 @@ class KubeClient:
     apps: Any = field(init=False, repr=False)
     batch: Any = field(init=False, repr=False)
     ws_core: Any = field(init=False, repr=False)
+    git_version: str | None = field(default=None, init=False)
+    """The API server's version, once `server_version` read it."""
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(api_client=self.api)
@@ -114,6 +116,16 @@ def _read_kubeconfig(paths: str) -> _Kubeconfig:
                 users.setdefault(str(item["name"]), dict(item.get("user") or {}))
     current = merger.config.value.get("current-context") if merger.config else None
     return _Kubeconfig(merger, contexts, users, str(current) if current else None)
+
+
+async def server_version(kc: KubeClient) -> str:
+    """The API server's gitVersion ("v1.30.2"), read once per client."""
+    if kc.git_version is None:
+        code: Any = await kc.call(
+            client.VersionApi(api_client=kc.api).get_code(), Operation("get", "version")
+        )
+        kc.git_version = str(code.git_version)
+    return kc.git_version
 
 
 async def connect(kubeconfig: str | None = None, context: str | None = None) -> KubeClient:

@@ -11,7 +11,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from tether.errors import UserError
 
 # How admission refusals of a pod read (Pod Security Admission, PodSecurityPolicy, webhooks).
-_PRIVILEGE_MARKERS = ("violates PodSecurity", "pod security policy", "admission webhook")
+_PRIVILEGE_MARKERS = (
+    "violates PodSecurity",
+    "pod security policy",
+    "PodSecurityPolicy",
+    "admission webhook",
+)
 
 
 def refusal_hint(message: str) -> str:
@@ -114,6 +119,11 @@ class AgentImageError(AgentError):
 
 class AgentFailedError(AgentError):
     """The agent pod failed, or its Job did."""
+
+
+class AgentRefusedError(AgentFailedError):
+    """The agent Job cannot create its pod because admission refuses it (a FailedCreate
+    event: Pod Security, a PodSecurityPolicy, a webhook, a quota)."""
 
 
 class AgentVersionError(AgentError):

@@ -1,6 +1,6 @@
 """Typed views of the API objects tether reads (the library's models are untyped)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +49,9 @@ class PodView:
     message: str
     conditions: dict[str, tuple[str, str, str]]
     """Condition type -> (status, reason, message)."""
+    ephemeral: dict[str, str] = field(default_factory=dict)
+    """Ephemeral container name -> the container it targets (targetContainerName, "" for
+    none); their images are in `images`, their states in `statuses`."""
 
     def ready(self) -> bool:
         """Running, not being deleted, and every container reports ready."""
@@ -101,6 +104,14 @@ def pod_view(pod: Any) -> PodView:
             if s.name not in statuses
         }
     )
+    ephemerals = (spec.ephemeral_containers if spec else None) or []
+    statuses.update(
+        {
+            s.name: _container_state(s)
+            for s in (status.ephemeral_container_statuses if status else None) or []
+            if s.name not in statuses
+        }
+    )
     conditions = {
         str(c.type): (str(c.status), c.reason or "", c.message or "")
         for c in (status.conditions if status else None) or []
@@ -118,13 +129,14 @@ def pod_view(pod: Any) -> PodView:
         init_containers=[str(c.name) for c in inits if c.restart_policy != "Always"],
         annotations=dict(meta.annotations or {}),
         host_network=bool(spec.host_network) if spec else False,
-        images={str(c.name): str(c.image) for c in [*containers, *inits]},
+        images={str(c.name): str(c.image) for c in [*containers, *inits, *ephemerals]},
         statuses=statuses,
         created=meta.creation_timestamp,
         deleting=meta.deletion_timestamp is not None,
         reason=str(status.reason or "") if status else "",
         message=str(status.message or "") if status else "",
         conditions=conditions,
+        ephemeral={str(c.name): str(c.target_container_name or "") for c in ephemerals},
     )
 
 

@@ -47,10 +47,26 @@ SESSION = (
 )
 
 
-def needed_in(target_namespace: str, agent_namespace: str) -> dict[str, list[Permission]]:
-    """Each namespace a session touches, with the permissions it needs there."""
+# An ephemeral agent (agent.mode = ephemeral) lives in the target's pod: everything is in
+# the target's namespace, and it adds itself with the one verb no default role grants.
+EPHEMERAL = (
+    *_each("", "pods", "get list watch", "the target and its agent", where="target"),
+    *_each("", "pods", "get", "the agent's ready line", sub="log", where="target"),
+    *_each("", "pods", "get create", "the tunnel to the agent", sub="portforward", where="target"),
+    *_each("", "pods", "patch", "adding the agent", sub="ephemeralcontainers", where="target"),
+    *_each("", "secrets", "create get delete", "the session secret's Secret", where="target"),
+    *_each("apps", "deployments", "get list", "deployment targets", where="target"),
+    *_each("apps", "statefulsets", "get list", "statefulset targets", where="target"),
+)
+
+
+def needed_in(
+    target_namespace: str, agent_namespace: str, mode: str = "job"
+) -> dict[str, list[Permission]]:
+    """Each namespace a session touches, with the permissions it needs there: those of the
+    Job agent (agent.mode job, and auto's first choice) or of an ephemeral one."""
     needs: dict[str, list[Permission]] = {}
-    for p in SESSION:
+    for p in EPHEMERAL if mode == "ephemeral" else SESSION:
         places = {
             "target": [target_namespace],
             "agent": [agent_namespace],
@@ -59,3 +75,10 @@ def needed_in(target_namespace: str, agent_namespace: str) -> dict[str, list[Per
         for ns in dict.fromkeys(places):
             needs.setdefault(ns, []).append(p)
     return needs
+
+
+def ephemeral_extra(target_namespace: str, agent_namespace: str) -> list[Permission]:
+    """What an ephemeral agent needs in the target's namespace beyond the Job agent's
+    permissions there: what agent.mode = auto needs to fall back on one."""
+    have = {p.name for p in needed_in(target_namespace, agent_namespace).get(target_namespace, [])}
+    return [p for p in EPHEMERAL if p.name not in have]

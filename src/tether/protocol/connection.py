@@ -14,6 +14,7 @@ a dropped byte), and `BufferRoom` says when there is room again.
 
 import collections
 import enum
+import hashlib
 import hmac
 import struct
 from collections.abc import Callable
@@ -145,13 +146,17 @@ class Connection:
         info: dict[str, Any] | None = None,
         resume_token: bytes | None = None,
         retransmit_limit: int = RETRANSMIT_LIMIT,
+        secret_digest: bytes | None = None,
     ) -> None:
         """`info` travels in our HELLO (client) or WELCOME (agent). An agent given a
-        `resume_token` offers resuming: the client gets the token in the WELCOME."""
+        `resume_token` offers resuming: the client gets the token in the WELCOME. An agent
+        may hold only `secret_digest`, the SHA-256 of the secret, instead of `secret` (an
+        ephemeral agent's environment is in the pod's spec, which many may read)."""
         if not 0 < window <= _MAX_ID:
             raise ValueError("window out of range")
         self.role = role
         self._secret = secret
+        self._secret_digest = secret_digest
         self._version = version
         self._info = info or {}
         self._window = window
@@ -279,6 +284,11 @@ class Connection:
         self._ctl.append(encode(FrameType.HELLO, 0, pack(hello)))
         self._state = _State.HANDSHAKING
 
+    def _secret_matches(self, given: bytes) -> bool:
+        if self._secret_digest is not None:
+            return hmac.compare_digest(hashlib.sha256(given).digest(), self._secret_digest)
+        return hmac.compare_digest(given, self._secret)
+
     def _check_hello(self, msg: dict[str, Any]) -> str:
         """The peer's tether version, once its protocol version and secret are right."""
         protocol = msg.get("v")
@@ -291,7 +301,7 @@ class Connection:
             )
             self._reject("version", reason)
         secret = msg.get("secret")
-        if not isinstance(secret, bytes) or not hmac.compare_digest(secret, self._secret):
+        if not isinstance(secret, bytes) or not self._secret_matches(secret):
             self._reject("secret", "wrong session secret")
         return peer
 

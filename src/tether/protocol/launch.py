@@ -15,6 +15,9 @@ DEFAULT_PORT = 47047
 DEFAULT_IDLE_TIMEOUT = 30.0
 # The session secret, hex-encoded, as an environment variable (from a Secret: secretKeyRef).
 SECRET_ENV = "TETHER_SECRET"
+# Instead of the secret, its SHA-256 (hex): an ephemeral agent's environment is in the pod's
+# spec, where anyone who may get pods would read the secret itself.
+SECRET_DIGEST_ENV = "TETHER_SECRET_SHA256"
 MIN_SECRET_BYTES = 16
 
 _READY = "tether-agent ready port={port} version={version}"
@@ -36,6 +39,9 @@ class AgentArgs:
     pod_uid: str | None = None
     """Without a container: the target pod, whose sandbox (network namespace) the agent
     waits for (an agent for incoming traffic only, started before the pod's app runs)."""
+    in_pod: bool = False
+    """An ephemeral container in the target's pod, sharing its container's process namespace
+    (`targetContainerName`): the target is PID 1, the network namespace the agent's own."""
 
     def to_argv(self) -> list[str]:
         """The arguments that `parse_agent_args` reads back as this."""
@@ -46,6 +52,8 @@ class AgentArgs:
             argv += ["--container-id", self.container_id]
         if self.pod_uid is not None:
             argv += ["--pod-uid", self.pod_uid]
+        if self.in_pod:
+            argv.append("--in-pod")
         return argv
 
 
@@ -57,8 +65,11 @@ def parse_agent_args(argv: Sequence[str] | None = None) -> AgentArgs:
     parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT)
     parser.add_argument("--container-id", default=None, help="the target (omit for targetless)")
     parser.add_argument("--pod-uid", default=None, help="without a container: the pod")
+    parser.add_argument(
+        "--in-pod", action="store_true", help="an ephemeral container: the target is PID 1"
+    )
     ns = parser.parse_args(None if argv is None else list(argv))
-    return AgentArgs(ns.port, ns.listen, ns.idle_timeout, ns.container_id, ns.pod_uid)
+    return AgentArgs(ns.port, ns.listen, ns.idle_timeout, ns.container_id, ns.pod_uid, ns.in_pod)
 
 
 def ready_line(port: int, version: str) -> str:

@@ -276,3 +276,20 @@ async def test_resolver_queries_leave_from_the_namespace(
         home.shutdown()
         server.stop()
         server.server.server_close()
+
+
+async def test_an_agent_already_in_the_namespace_does_not_enter_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An ephemeral agent shares its target's namespace and has no CAP_SYS_ADMIN for setns.
+    from tether.agent import netns as netns_module
+
+    def refused(fd: int, nstype: int) -> None:
+        raise PermissionError(1, "setns: Operation not permitted")
+
+    monkeypatch.setattr(netns_module, "setns", refused)
+    ex = NetnsExecutor(Path(f"/proc/{os.getpid()}/ns/net"))
+    try:
+        assert await ex.run(_netns_inode) == _netns_inode()
+    finally:
+        ex.shutdown()

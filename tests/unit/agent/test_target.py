@@ -291,3 +291,44 @@ def test_a_pod_without_a_process_here_and_a_malformed_uid(tmp_path: Path) -> Non
         find_pod_pid(UID, tmp_path)
     with pytest.raises(ValueError, match="not a pod UID"):
         find_pod_pid("../../etc", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cap_eff", "refused"),
+    [
+        ("000001ffffffffff", False),  # root in a Job agent: everything
+        ("00000000a80425fb", True),  # the runtime's default set: no NET_ADMIN
+        ("0000000000001000", False),  # NET_ADMIN alone
+        ("0000000000000000", True),
+        ("zz", True),  # unreadable
+    ],
+)
+def test_incoming_needs_net_admin(cap_eff: str, refused: bool) -> None:
+    from tether.agent.target import capability_refusal
+
+    status = f"Name:\tpython3\nCapInh:\t0000000000000000\nCapEff:\t{cap_eff}\n"
+    reason = capability_refusal(status)
+    assert (reason is not None) is refused
+    if reason is not None:
+        assert "NET_ADMIN" in reason or "capabilities" in reason
+    assert capability_refusal("Name:\tx\n") is not None
+
+
+def test_an_ephemeral_agent_targets_pid_1_of_the_shared_namespace(tmp_path: Path) -> None:
+    from tether.agent.target import TargetNotFound
+
+    (tmp_path / "1").mkdir()
+    found = Target.find(None, tmp_path, in_pod=True, own_pid=42)
+    assert found == Target(1, in_pod=True) and found.root == Path("/proc/1/root")
+    with pytest.raises(TargetNotFound, match="targetContainerName"):
+        Target.find(None, tmp_path, in_pod=True, own_pid=1)  # a namespace of its own
+    (tmp_path / "1").rmdir()
+    with pytest.raises(TargetNotFound, match="process namespace"):
+        Target.find(None, tmp_path, in_pod=True, own_pid=42)
+
+
+def test_in_the_pod_pid_1_is_the_target_not_the_node(tmp_path: Path) -> None:
+    from tether.agent.target import host_network_refusal
+
+    # Without the in-pod flag, sharing PID 1's namespace means the node's network.
+    assert host_network_refusal(Target(1, in_pod=True), tmp_path) is None

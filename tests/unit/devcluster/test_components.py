@@ -18,6 +18,13 @@ def test_apiserver_uses_guarded_ranges_and_feature_gates() -> None:
     assert "TTLAfterFinished=true" in flags["feature-gates"]
 
 
+def test_apiserver_admits_pods_through_pod_security_policies() -> None:
+    flags = _flags(components.apiserver().argv)
+    plugins = flags["enable-admission-plugins"].split(",")
+    assert plugins == ["NodeRestriction", "PodSecurityPolicy"]
+    assert flags["allow-privileged"] == "true"
+
+
 def test_every_address_is_inside_the_guarded_range() -> None:
     for net in (layout.POD_CIDR, layout.SERVICE_CIDR, layout.NODE_NET):
         assert net.subnet_of(layout.GUARD_NET)  # type: ignore[arg-type]

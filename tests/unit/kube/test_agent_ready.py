@@ -103,3 +103,79 @@ def test_an_image_the_node_cannot_get_names_the_image_and_the_fix(reason: str) -
 def test_a_refused_agent_pod_says_what_to_do(message: str, needle: str) -> None:
     hint = failed_create_hint(message)
     assert (needle in hint) if needle else hint == ""
+
+
+def test_an_ephemeral_agent_reports_its_own_container_and_no_scheduling() -> None:
+    pod = _pod(phase="Running")
+    name = "tether-agent-1a2b3c4d"
+    waiting = ContainerState(name, False, None, "waiting", "ErrImageNeverPull", "no", None)
+    running = ContainerState(name, False, None, "running", "", "", None)
+    done = ContainerState(name, False, None, "terminated", "Completed", "", 0)
+
+    def with_state(state: ContainerState) -> PodView:
+        return PodView(**{**pod.__dict__, "statuses": {name: state}, "images": {name: "img:2"}})
+
+    assert assess(pod, name) == Assessment([])  # the target runs; the agent has no status yet
+    assert assess(with_state(running), name) == Assessment(["container started"], running=True)
+    assert assess(with_state(done), name) == Assessment([], exited=True)
+    refused = assess(with_state(waiting), name)
+    assert refused.image_error is not None and '"img:2"' in refused.image_error
+
+
+@pytest.mark.parametrize(
+    ("field_path", "container", "about"),
+    [
+        (None, "agent", True),  # a Job's pod: its own events are the agent's
+        ("spec.containers{agent}", "agent", True),
+        (None, "tether-agent-1", False),  # the target pod's own events
+        ("spec.containers{web}", "tether-agent-1", False),
+        ("spec.ephemeralContainers{tether-agent-1}", "tether-agent-1", True),
+        ("spec.ephemeralContainers{tether-agent-2}", "tether-agent-1", False),
+    ],
+)
+def test_which_events_are_the_agents(field_path: str | None, container: str, about: bool) -> None:
+    from tether.kube.agent_ready import _about
+
+    assert _about(field_path, container) is about
+
+
+PSA_FAILED_CREATE = (
+    'Error creating: pods "tether-agent-1-x" is forbidden: violates PodSecurity'
+    ' "baseline:latest": host namespaces (hostPID=true)'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "refused"),
+    [
+        (PSA_FAILED_CREATE, True),
+        ('Error creating: pods "a-" is forbidden: PodSecurityPolicy: unable to admit pod', True),
+        ("Error creating: pods is forbidden: exceeded quota: q, requested: pods=1", True),
+        ("Error creating: Timeout: request did not complete within 60s", False),
+    ],
+)
+async def test_a_failed_create_by_admission_is_a_refusal(message: str, refused: bool) -> None:
+    # agent.mode = auto falls back on an ephemeral agent for a refusal, and for nothing else.
+    from types import SimpleNamespace
+    from typing import Any
+
+    from tether.kube.agent_manifest import AgentHandle
+    from tether.kube.agent_ready import _check_job
+    from tether.kube.errors import AgentFailedError, AgentRefusedError
+
+    async def answer(value: object) -> object:
+        return value
+
+    job = SimpleNamespace(status=SimpleNamespace(conditions=[]))
+    event = SimpleNamespace(reason="FailedCreate", message=message)
+    kube: Any = SimpleNamespace(
+        batch=SimpleNamespace(read_namespaced_job=lambda name, ns: answer(job)),
+        core=SimpleNamespace(
+            list_namespaced_event=lambda ns, field_selector: answer(SimpleNamespace(items=[event]))
+        ),
+        call=lambda request, op: request,
+    )
+    with pytest.raises(AgentFailedError) as caught:
+        await _check_job(kube, AgentHandle("ns", "tether-agent-1", "s", "uid"))
+    assert isinstance(caught.value, AgentRefusedError) is refused
+    assert message in str(caught.value)

@@ -1,5 +1,7 @@
 """The tunnel protocol: handshake, requests, streams and flow control, over plain bytes."""
 
+import hashlib
+
 import pytest
 
 from tether.protocol import (
@@ -65,6 +67,21 @@ def test_wrong_secret_is_rejected_and_reported() -> None:
     (event,) = shuttle(agent, client)
     assert event == HandshakeRejected("secret", "wrong session secret")
     assert client.closed and agent.closed
+
+
+@pytest.mark.parametrize(("given", "accepted"), [(SECRET, True), (b"wrong", False), (b"", False)])
+def test_an_agent_holding_only_the_digest_checks_the_secret(given: bytes, accepted: bool) -> None:
+    # An ephemeral agent: its environment (so the digest) is in the pod's spec.
+    digest = hashlib.sha256(SECRET).digest()
+    agent = Connection(Role.AGENT, secret=b"", secret_digest=digest, version="0.1.0")
+    client = Connection(Role.CLIENT, secret=given, version="0.1.0")
+    client.initiate()
+    if accepted:
+        assert shuttle(client, agent) == [Handshaken("0.1.0", PROTOCOL_VERSION, {})]
+    else:
+        with pytest.raises(HandshakeError):
+            shuttle(client, agent)
+        assert shuttle(agent, client) == [HandshakeRejected("secret", "wrong session secret")]
 
 
 def test_version_mismatch_names_both_versions() -> None:

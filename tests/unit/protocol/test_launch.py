@@ -12,6 +12,7 @@ from tether.protocol.launch import AgentArgs, parse_agent_args, parse_ready, rea
         AgentArgs(port=5000, idle_timeout=2.5),
         AgentArgs(port=0, listen="0.0.0.0", container_id="containerd://abc"),
         AgentArgs(pod_uid="a36de71d-e32e-4328-9515-8c5b88f87ef3"),
+        AgentArgs(port=0, in_pod=True),
     ],
 )
 def test_the_agent_reads_back_what_the_cli_writes(args: AgentArgs) -> None:

@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from tether import __version__
 from tether.config import TetherConfig
 from tether.errors import UserError
+from tether.kube.agent_ephemeral import (
+    EphemeralSupport,
+    joinable_agent,
+    start_ephemeral_agent,
+    support_for,
+)
 from tether.kube.agent_lifecycle import (
     AcquiredAgent,
     acquire_agent,
@@ -24,9 +30,14 @@ from tether.kube.agent_lifecycle import (
     start_agent_job,
 )
 from tether.kube.agent_manifest import AgentHandle, agent_job_manifest, new_secret, new_session_id
-from tether.kube.agent_ready import wait_agent_ready
-from tether.kube.client import KubeClient, connect
-from tether.kube.errors import ClusterUnreachableError, KubeError
+from tether.kube.agent_ready import ReadyAgent, wait_agent_ready
+from tether.kube.client import KubeClient, connect, server_version
+from tether.kube.errors import (
+    AdmissionRefusedError,
+    AgentRefusedError,
+    ClusterUnreachableError,
+    KubeError,
+)
 from tether.kube.portforward import open_portforward
 from tether.kube.targets import (
     ResolvedTarget,
@@ -36,6 +47,7 @@ from tether.kube.targets import (
     parse_target,
     resolve_target,
 )
+from tether.local.policy.agent_mode import EPHEMERAL_COST, AgentPlan, plan_agent
 from tether.local.session.progress import Progress
 from tether.local.session.reconnect import keep_connected
 from tether.protocol import Connection, Role
@@ -170,13 +182,13 @@ async def _connect_agent(
     config: TetherConfig,
     progress: Progress,
     tunnel: Tunnel | None = None,
-) -> tuple[str, Tunnel]:
+) -> tuple[ReadyAgent, Tunnel]:
     """Wait for the agent and connect: a new tunnel, or `tunnel` rebased onto it."""
-    pod = await wait_agent_ready(
+    ready = await wait_agent_ready(
         kube, handle, config.agent.startup_timeout, on_phase=progress.detail
     )
-    progress.step(f"agent {pod} ready")
-    forward = await open_portforward(kube, handle.namespace, pod, config.agent.port)
+    progress.step(f"agent {handle.container if handle.ephemeral else ready.pod} ready")
+    forward = await open_portforward(kube, handle.namespace, ready.pod, ready.port)
     conn = Connection(
         Role.CLIENT,
         secret=bytes.fromhex(secret),
@@ -186,14 +198,14 @@ async def _connect_agent(
     )
     if tunnel is not None:
         await tunnel.rebase(conn, forward, timeout=HANDSHAKE_TIMEOUT)
-        return pod, tunnel
+        return ready, tunnel
     fresh = Tunnel(conn, forward)
     try:
         await fresh.start(timeout=HANDSHAKE_TIMEOUT)
     except TunnelClosedError:
         await forward.close()
         raise
-    return pod, fresh
+    return ready, fresh
 
 
 async def _retrying(action: Callable[[], Awaitable[None]], what: str, progress: Progress) -> None:
@@ -264,12 +276,11 @@ async def _finish_agent(
 ) -> None:
     handle = acquired.handle
     if last:
+        what = f"the Secret of {handle.describe()}" if handle.ephemeral else handle.describe()
         await _retrying(
-            functools.partial(delete_agent_job, kube, handle),
-            f"deleting job {handle.namespace}/{handle.job_name}",
-            progress,
+            functools.partial(delete_agent_job, kube, handle), f"deleting {what}", progress
         )
-        progress.detail(f"deleted job {handle.namespace}/{handle.job_name}")
+        progress.detail(f"deleted {what}")
     else:
         progress.detail(f"left the shared agent {handle.job_name} to its other sessions")
 
@@ -288,30 +299,123 @@ async def attach_agent(
     """Create or join the agent next to `target` (a targetless session's own agent for
     None) and connect to it: with a new tunnel, or `tunnel` rebased onto it (a session
     following its workload). `follow` is how the link's keeper moves the session when the
-    pod goes. On failure nothing of the agent is left behind (and `tunnel` is not closed)."""
-    given = tunnel
+    pod goes. On failure nothing of the agent is left behind (and `tunnel` is not closed).
+
+    `agent.mode` picks the agent (local/policy/agent_mode.py): the Job, an ephemeral
+    container in the target's pod, or (auto) the Job and, when admission refuses its pod,
+    the ephemeral container instead.
+    """
+    plan = plan_agent(
+        config.agent.mode,
+        targetless=target is None,
+        incoming=config.incoming.mode != "off",
+        host_network=target is not None and target.host_network,
+    )
+    attach = functools.partial(
+        _attach, kube, namespace, target, config, progress, session_id, tunnel, follow
+    )
+    if target is not None and plan.ephemeral:
+        return await attach(await _ephemeral_plan(kube, config, target, None))
+    try:
+        return await attach(None)
+    except (AdmissionRefusedError, AgentRefusedError) as exc:
+        if target is None or not plan.fallback:
+            raise
+        refused = exc
+    ephemeral = await _ephemeral_plan(kube, config, target, refused)
+    progress.warn(
+        f"{refused}; agent.mode is auto, so the agent runs as an ephemeral container in pod"
+        f" {target.pod_name} instead: {EPHEMERAL_COST}"
+    )
+    return await attach(ephemeral)
+
+
+async def _ephemeral_plan(
+    kube: KubeClient,
+    config: TetherConfig,
+    target: ResolvedTarget,
+    refused: KubeError | None,
+) -> tuple[AgentPlan, EphemeralSupport]:
+    """The plan for an ephemeral agent, now that the server's version says what it allows;
+    a SessionError if it cannot serve the session (after `refused`, the Job's refusal)."""
+    version = await server_version(kube)
+    support = support_for(version)
+    plan = plan_agent(
+        "ephemeral",
+        targetless=False,
+        incoming=config.incoming.mode != "off",
+        host_network=target.host_network,
+        support=support,
+        server=f"this cluster runs {version}",
+    )
+    if plan.refusal is not None:
+        if refused is not None:
+            raise SessionError(f"{refused}; an ephemeral agent cannot stand in: {plan.refusal}")
+        raise SessionError(f"agent.mode = ephemeral: {plan.refusal}")
+    return plan, support
+
+
+async def _acquire(
+    kube: KubeClient,
+    namespace: str,
+    target: ResolvedTarget | None,
+    config: TetherConfig,
+    session_id: str,
+    ephemeral: tuple[AgentPlan, EphemeralSupport] | None,
+) -> AcquiredAgent:
+    """Create the agent, or join the one already serving the target."""
+    secret = new_secret()
+    if target is not None and ephemeral is not None:
+        plan, support = ephemeral
+        joined = await joinable_agent(kube, target, config.agent.image)
+        if joined is not None:
+            return AcquiredAgent(joined[0], joined[1], False)
+        try:
+            handle = await start_ephemeral_agent(
+                kube, target, config.agent, session_id, secret, support, plan.capabilities
+            )
+        except AdmissionRefusedError as exc:
+            asked = f" (it asked for {', '.join(plan.capabilities)})" if plan.capabilities else ""
+            raise SessionError(
+                f"the policy of namespace {target.namespace} refuses the ephemeral agent"
+                f"{asked}: {' '.join(exc.reason.split())}"
+            ) from None
+        return AcquiredAgent(handle, secret, True)
+    manifest = agent_job_manifest(
+        session_id=session_id,
+        agent=config.agent,
+        target=target,
+        namespace=namespace,
+        shared=target is not None,
+    )
+    if target is None:
+        return AcquiredAgent(await start_agent_job(kube, manifest, secret), secret, True)
+    return await acquire_agent(kube, manifest, secret)
+
+
+async def _attach(
+    kube: KubeClient,
+    namespace: str,
+    target: ResolvedTarget | None,
+    config: TetherConfig,
+    progress: Progress,
+    session_id: str,
+    given: Tunnel | None,
+    follow: Callable[[], Awaitable[bool]] | None,
+    ephemeral: tuple[AgentPlan, EphemeralSupport] | None,
+) -> AgentLink:
+    """attach_agent with the kind of agent chosen: the Job (`ephemeral` None) or not."""
     for attempt in range(CONNECT_ATTEMPTS):
-        secret = new_secret()
-        manifest = agent_job_manifest(
-            session_id=session_id,
-            agent=config.agent,
-            target=target,
-            namespace=namespace,
-            shared=target is not None,
-        )
-        if target is None:
-            acquired = AcquiredAgent(await start_agent_job(kube, manifest, secret), secret, True)
-        else:
-            acquired = await acquire_agent(kube, manifest, secret)
+        acquired = await _acquire(kube, namespace, target, config, session_id, ephemeral)
         handle = acquired.handle
         verb = "created" if acquired.created else "joined"
-        progress.detail(f"{verb} job {handle.namespace}/{handle.job_name}")
+        progress.detail(f"{verb} {handle.describe()}")
         for warning in handle.warnings:
             progress.warn(f"the API server warns about the agent Job: {warning}")
         tunnel = given
         try:
             try:
-                pod, tunnel = await _connect_agent(
+                ready, tunnel = await _connect_agent(
                     kube, handle, acquired.secret, config, progress, given
                 )
             except TunnelClosedError as exc:
@@ -320,8 +424,10 @@ async def attach_agent(
                 progress.detail(f"the shared agent is leaving ({exc}); starting over")
                 await _finish_agent(kube, acquired, False, progress)
                 continue
-            if target is not None and not acquired.created and target.container_id:
+            shares_pod = not acquired.created and not handle.ephemeral
+            if target is not None and shares_pod and target.container_id:
                 # A shared agent serves the whole pod; it started on its creator's container.
+                # (An ephemeral one was picked for this very container.)
                 try:
                     await tunnel.call(SessionTarget(target.container_id))
                 except RemoteOpError as exc:
@@ -343,14 +449,14 @@ async def attach_agent(
         keeper = asyncio.create_task(
             keep_connected(
                 tunnel,
-                functools.partial(open_portforward, kube, handle.namespace, pod, config.agent.port),
+                functools.partial(open_portforward, kube, handle.namespace, ready.pod, ready.port),
                 config.agent.reconnect_timeout,
                 functools.partial(agent_running, kube, handle),
                 progress,
                 follow=follow,
             )
         )
-        return AgentLink(kube, target, acquired, pod, tunnel, keeper)
+        return AgentLink(kube, target, acquired, ready.pod, tunnel, keeper)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
