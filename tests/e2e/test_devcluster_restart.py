@@ -137,7 +137,24 @@ def _containers(namespace: str) -> dict[str, tuple[int, str]]:
     }
 
 
+def _settle(within: float = 60) -> None:
+    """Wait (at most `within` s) until no pod on the node is finished or being deleted: the
+    shim of such a pod's sandbox exits whenever the kubelet removes it, which is no sign of
+    a restart. (An earlier test's agent pod is often still going.)"""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pods = json.loads(kubectl("get", "pods", "-A", "-o", "json"))["items"]
+        if all(
+            p.get("status", {}).get("phase") in ("Running", "Pending")
+            and not p["metadata"].get("deletionTimestamp")
+            for p in pods
+        ):
+            return
+        time.sleep(0.5)
+
+
 def test_restart_containerd_keeps_containers_and_cuts_port_forward() -> None:
+    _settle()
     before = _containers("shop")
     shims = set(cluster._shim_pids())
     assert before and shims

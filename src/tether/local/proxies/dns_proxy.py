@@ -146,7 +146,7 @@ class DnsProxy(asyncio.DatagramProtocol):
         name = question.name.to_text()
         try:
             if self.rules.decide(name) is Side.REMOTE:
-                reply = await self._remote(query, self._pod_server(server))
+                reply = await self._remote_again(query, self._pod_server(server))
             elif self.rules.through_pod:
                 reply = await self._local(message, question)
             else:
@@ -211,6 +211,18 @@ class DnsProxy(asyncio.DatagramProtocol):
         rrset = dns.rrset.from_text_list(question.name, 5, "IN", question.rdtype, addresses)
         response.answer.append(rrset)
         return response.to_wire()
+
+    async def _remote_again(self, query: bytes, server: tuple[str, int]) -> bytes:
+        """`_remote`, asked once more if the tunnel lost its agent under the query (a session
+        following its workload moved to another pod, or the transport is being resumed): a
+        DNS query is safe to ask twice, and a resolver given SERVFAIL would not ask again
+        but give up on the name."""
+        try:
+            return await self._remote(query, server)
+        except (RemoteOpError, TunnelClosedError, ConnectionError):
+            if self.tunnel.closed or not await self.tunnel.wait_connected(self.timeout):
+                raise
+        return await self._remote(query, server)
 
     async def _remote(self, query: bytes, server: tuple[str, int]) -> bytes:
         stream = await self.tunnel.open_stream("tcp", {"host": server[0], "port": server[1]})

@@ -60,13 +60,23 @@ class PodStream:
 class PodTunnel:
     """Opens streams to the pod; records where to. `broken` makes it fail as a lost agent."""
 
-    def __init__(self, address: str = "198.19.0.77", broken: bool = False) -> None:
+    def __init__(self, address: str = "198.19.0.77", broken: bool = False, moves: int = 0) -> None:
         self.address = address
         self.broken = broken
+        self.moves = moves  # this many queries meet the agent going away under them
         self.opened: list[tuple[str, int]] = []
+        self.closed = False
+        self.waited = 0
+
+    async def wait_connected(self, timeout: float) -> bool:
+        self.waited += 1
+        return not self.broken
 
     async def open_stream(self, kind: str, args: dict[str, Any]) -> PodStream:
         assert kind == "tcp"
+        if self.moves:
+            self.moves -= 1
+            raise TunnelClosedError("the pod went away")
         if self.broken:
             raise TunnelClosedError("gone")
         self.opened.append((args["host"], args["port"]))
@@ -213,6 +223,19 @@ async def test_a_query_nobody_answers_fails_with_servfail(
     reply = await responder.answer(query("x.test"), ("127.0.0.1", udp_port), "udp")
     assert rcode(reply) == dns.rcode.SERVFAIL, why
     assert len(names) == 0
+
+
+async def test_a_query_the_pod_went_away_under_is_asked_again_on_the_next() -> None:
+    # A session following its workload: the agent of the old pod is gone, the new one is up.
+    tunnel = PodTunnel(moves=1)
+    responder, _ = proxy(tunnel)
+    reply = await responder.answer(query("backend.shop.svc.cluster.local"), POD_NS)
+    assert addresses(reply) == ["198.19.0.77"] and tunnel.waited == 1
+    # Once only: an agent that keeps failing gets SERVFAIL.
+    tunnel = PodTunnel(moves=2)
+    responder, _ = proxy(tunnel)
+    reply = await responder.answer(query("backend.shop.svc.cluster.local"), POD_NS)
+    assert rcode(reply) == dns.rcode.SERVFAIL
 
 
 async def test_a_malformed_query_gets_a_format_error_and_teaches_nothing() -> None:
