@@ -112,17 +112,27 @@ class Tether:
             start_new_session=True,
         )
         self.lines: list[str] = []
+        self.read_at: list[float] = []
+        """The wall-clock time each of `lines` was read."""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self.read_at.append(time.time())
             self.lines.append(line.rstrip("\n"))
 
     @property
     def stderr(self) -> str:
         return "\n".join(self.lines)
+
+    def first_at(self, needle: str) -> float | None:
+        """The wall-clock time of the first stderr line holding `needle`, if any."""
+        for at, line in zip(list(self.read_at), list(self.lines), strict=False):
+            if needle in line:
+                return at
+        return None
 
     def wait_for(self, needle: str, within: float = 90) -> None:
         """Wait until a stderr line contains `needle`; fail with the output if it exits."""

@@ -57,12 +57,34 @@ async def _create_secret(kc: KubeClient, manifest: dict[str, Any]) -> None:
         ) from None
 
 
-async def _delete_secret(kc: KubeClient, namespace: str, name: str) -> None:
-    with contextlib.suppress(NotFoundError):
-        await kc.call(
-            kc.core.delete_namespaced_secret(name, namespace),
-            Operation("delete", "secrets", namespace, name),
-        )
+def only_if(uid: str | None) -> Any:
+    """Delete options that delete an object only while it is still the one with `uid`
+    (background propagation): a shared agent's Job and Secret names are reused by the next
+    agent on that pod, and a late cleanup of the old one must not remove the new one. The
+    API server answers 409 when the object of that name is another one now."""
+    from kubernetes_asyncio import client
+
+    preconditions = client.V1Preconditions(uid=uid) if uid else None
+    return client.V1DeleteOptions(propagation_policy="Background", preconditions=preconditions)
+
+
+async def _delete_secret(
+    kc: KubeClient, namespace: str, name: str, job_uid: str | None = None
+) -> None:
+    """Delete the Secret `name`; with `job_uid`, only if it is that Job's (or nobody's)."""
+    op = Operation("delete", "secrets", namespace, name)
+    uid = None
+    if job_uid is not None:
+        try:
+            secret = await kc.call(kc.core.read_namespaced_secret(name, namespace), op)
+        except NotFoundError:
+            return
+        owners = {str(o.uid) for o in secret.metadata.owner_references or []}
+        if owners and job_uid not in owners:
+            return  # the Secret of the next agent of that name
+        uid = str(secret.metadata.uid)
+    with contextlib.suppress(NotFoundError, AlreadyExistsError):
+        await kc.call(kc.core.delete_namespaced_secret(name, namespace, body=only_if(uid)), op)
 
 
 async def start_agent_job(kc: KubeClient, manifest: dict[str, Any], secret: str) -> AgentHandle:
@@ -95,7 +117,7 @@ async def start_agent_job(kc: KubeClient, manifest: dict[str, Any], secret: str)
         if uid is None:
             await _shielded(functools.partial(_delete_secret, kc, namespace, name))
         else:
-            await _shielded(functools.partial(_delete_agent, kc, namespace, name))
+            await _shielded(functools.partial(_delete_agent, kc, namespace, name, uid))
         raise
     return AgentHandle(
         namespace=namespace,
@@ -129,20 +151,18 @@ def admission_warnings(values: list[str]) -> list[str]:
     return texts
 
 
-async def _delete_job(kc: KubeClient, namespace: str, name: str) -> None:
+async def _delete_job(kc: KubeClient, namespace: str, name: str, uid: str | None = None) -> None:
     op = Operation("delete", "jobs.batch", namespace, name)
-    with contextlib.suppress(NotFoundError):
-        await kc.call(
-            kc.batch.delete_namespaced_job(name, namespace, propagation_policy="Background"),
-            op,
-        )
+    # 409: the precondition failed, so the Job of that name is another agent's now.
+    with contextlib.suppress(NotFoundError, AlreadyExistsError):
+        await kc.call(kc.batch.delete_namespaced_job(name, namespace, body=only_if(uid)), op)
 
 
-async def _delete_agent(kc: KubeClient, namespace: str, name: str) -> None:
-    await _delete_job(kc, namespace, name)
+async def _delete_agent(kc: KubeClient, namespace: str, name: str, uid: str | None = None) -> None:
+    await _delete_job(kc, namespace, name, uid)
     # The garbage collector deletes the Job's Secret with it; this covers a Secret whose
     # owner reference was never set (its session was killed in between).
-    await _delete_secret(kc, namespace, name)
+    await _delete_secret(kc, namespace, name, uid)
 
 
 async def _shielded(delete: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -172,7 +192,7 @@ async def delete_agent_job(kc: KubeClient, handle: AgentHandle) -> None:
     if handle.ephemeral:
         await _shielded(functools.partial(delete_ephemeral_secret, kc, handle))
         return
-    await _shielded(lambda: _delete_agent(kc, handle.namespace, handle.job_name))
+    await _shielded(lambda: _delete_agent(kc, handle.namespace, handle.job_name, handle.uid))
 
 
 async def delete_session_jobs(kc: KubeClient, namespace: str, session_id: str) -> list[str]:
@@ -181,10 +201,10 @@ async def delete_session_jobs(kc: KubeClient, namespace: str, session_id: str) -
         kc.batch.list_namespaced_job(namespace, label_selector=f"{SESSION_LABEL}={session_id}"),
         Operation("list", "jobs.batch", namespace),
     )
-    names = [str(j.metadata.name) for j in jobs.items]
-    for name in names:
-        await _shielded(functools.partial(_delete_agent, kc, namespace, name))
-    return names
+    found = [(str(j.metadata.name), str(j.metadata.uid)) for j in jobs.items]
+    for name, uid in found:
+        await _shielded(functools.partial(_delete_agent, kc, namespace, name, uid))
+    return [name for name, _ in found]
 
 
 @dataclass(frozen=True)
@@ -294,7 +314,7 @@ async def acquire_agent(kc: KubeClient, manifest: dict[str, Any], secret: str) -
                 continue  # someone else's agent: join it on the next round
         uid = str(job.metadata.uid)
         if _job_finished(job):
-            await _delete_job(kc, namespace, name)
+            await _delete_job(kc, namespace, name, uid)
             await _wait_gone(kc, namespace, name, uid)
             continue
         labels = job.metadata.labels or {}
