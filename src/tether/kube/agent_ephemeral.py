@@ -99,7 +99,7 @@ def ephemeral_container(
         "image": agent.image,
         "command": list(COMMAND),
         "args": launch.to_argv(),
-        # Not a secretKeyRef: before 1.23 the kubelet may not read a Secret that only an
+        # Not a secretKeyRef: on 1.20 the kubelet may not read a Secret that only an
         # ephemeral container names (the node authorizer's graph skips them). Only the
         # secret's digest is in the spec; the Secret keeps the secret for joining sessions.
         "env": [{"name": SECRET_DIGEST_ENV, "value": secret_digest}],
