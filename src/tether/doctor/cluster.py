@@ -13,6 +13,7 @@ from tether.kube.agent_ephemeral import (
     add_ephemeral_container,
     container_name,
     ephemeral_container,
+    refusal_reason,
     server_minor,
     support_for,
 )
@@ -396,7 +397,7 @@ async def _ephemeral_admission(
         try:
             await add_ephemeral_container(kc, resolved, container, support.shape, dry_run=True)
         except AdmissionRefusedError as exc:
-            refused = " ".join(exc.reason.split())
+            refused = refusal_reason(exc)
             continue
         except KubeError as exc:
             return EphemeralFinding("unchecked", str(exc), False, False)

@@ -4,12 +4,11 @@ is checked against recorded answers of a 1.30 API server)."""
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
 
+from tests.unit.kube.pods import fixture_pod
 from tether.config.models import AgentConfig
 from tether.kube.agent_ephemeral import (
     EphemeralSupport,
@@ -24,7 +23,6 @@ from tether.kube.agent_ephemeral import (
 )
 from tether.kube.agent_manifest import SECRET_KEY
 from tether.kube.errors import AdmissionRefusedError, Operation, error_for_status
-from tether.kube.objects import PodView, pod_view
 from tether.kube.targets import ResolvedTarget, TargetKind
 from tether.protocol.launch import SECRET_DIGEST_ENV, SECRET_ENV, parse_agent_args
 
@@ -42,14 +40,6 @@ TARGET = ResolvedTarget(
 )
 SECRET = "ab" * 32
 IMAGE = "ghcr.io/tether-dev/tether-agent:0.1.0"
-
-
-def _fixture_pod(name: str) -> PodView:
-    """A pod as a 1.30 API server returns it, deserialized by the client library."""
-    response = SimpleNamespace(data=(FIXTURES / name).read_text())
-    api = client.ApiClient.__new__(client.ApiClient)
-    api.configuration = client.Configuration()
-    return pod_view(api.deserialize(response, "V1Pod"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -124,7 +114,7 @@ def test_the_secret_goes_with_the_pod() -> None:
 
 
 def test_a_recorded_pod_with_ephemeral_containers() -> None:
-    pod = _fixture_pod("pod-ephemeral-agents-1.30.json")
+    pod = fixture_pod("pod-ephemeral-agents-1.30.json")
     assert pod.containers == ["api", "metrics"]  # ephemeral ones are never targets
     assert pod.ephemeral["tether-agent-4e5f6a7b"] == "api"
     assert pod.ephemeral["debugger-x7k2q"] == "api"
@@ -134,7 +124,7 @@ def test_a_recorded_pod_with_ephemeral_containers() -> None:
 
 
 def test_only_a_running_agent_of_this_image_for_this_container_is_joined() -> None:
-    pod = _fixture_pod("pod-ephemeral-agents-1.30.json")
+    pod = fixture_pod("pod-ephemeral-agents-1.30.json")
     # Not the terminated one, not another version's, not the metrics container's, not a
     # debugger someone added.
     assert joinable(pod, "api", IMAGE) == ["tether-agent-4e5f6a7b"]

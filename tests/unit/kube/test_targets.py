@@ -1,14 +1,13 @@
 """Target parsing, container choice and label selectors (no cluster)."""
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
 
+from tests.unit.kube.pods import fixture_pod
 from tether.kube.errors import ContainerNotFoundError, InvalidTargetError
 from tether.kube.objects import PodView, label_selector, pod_view
 from tether.kube.targets import (
@@ -176,21 +175,8 @@ def test_resolved_target_describe() -> None:
 FIXTURES = Path(__file__).with_name("fixtures")
 
 
-def _fixture_pod(name: str, edit: Callable[[dict[str, Any]], None] | None = None) -> PodView:
-    """A pod as a modern API server returns it (shape of a 1.30 pod; v1.20 drops the
-    initContainers' restartPolicy), deserialized by the client library as tether's are."""
-    data = json.loads((FIXTURES / name).read_text())
-    if edit is not None:
-        edit(data)
-    response = SimpleNamespace(data=json.dumps(data))
-    # Without __init__: deserializing needs no HTTP session (which needs an event loop).
-    api = client.ApiClient.__new__(client.ApiClient)
-    api.configuration = client.Configuration()
-    return pod_view(api.deserialize(response, "V1Pod"))  # type: ignore[arg-type]
-
-
 def test_a_native_sidecar_is_a_sidecar() -> None:
-    pod = _fixture_pod("pod-native-sidecar-1.30.json")
+    pod = fixture_pod("pod-native-sidecar-1.30.json")
     assert pod.sidecars == ["istio-proxy"]
     assert pod.init_containers == ["istio-init"]
     assert pod.statuses["istio-proxy"].state == "running"
@@ -223,7 +209,7 @@ def _no_istio(data: dict[str, Any]) -> None:
 def test_default_container_and_mesh(
     edit: Callable[[dict[str, Any]], None] | None, chosen: str, mesh: str | None
 ) -> None:
-    pod = _fixture_pod("pod-native-sidecar-1.30.json", edit)
+    pod = fixture_pod("pod-native-sidecar-1.30.json", edit)
     assert pick_container(pod, None) == chosen
     assert detect_mesh(pod) == mesh
 
@@ -232,9 +218,7 @@ def test_an_annotation_naming_no_container_is_ignored() -> None:
     def bad(data: dict[str, Any]) -> None:
         data["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] = "gone"
 
-    assert pick_container(_fixture_pod("pod-native-sidecar-1.30.json", bad), None) == (
-        "log-shipper"
-    )
+    assert pick_container(fixture_pod("pod-native-sidecar-1.30.json", bad), None) == ("log-shipper")
 
 
 def test_the_sidecar_annotation_alone_reveals_the_mesh() -> None:
@@ -242,4 +226,4 @@ def test_the_sidecar_annotation_alone_reveals_the_mesh() -> None:
         data["spec"]["initContainers"] = []
         data["status"]["initContainerStatuses"] = []
 
-    assert detect_mesh(_fixture_pod("pod-native-sidecar-1.30.json", only_annotation)) == "istio"
+    assert detect_mesh(fixture_pod("pod-native-sidecar-1.30.json", only_annotation)) == "istio"

@@ -19,6 +19,7 @@ from tether.errors import UserError
 from tether.kube.agent_ephemeral import (
     EphemeralSupport,
     joinable_agent,
+    refusal_reason,
     start_ephemeral_agent,
     support_for,
 )
@@ -378,7 +379,7 @@ async def _acquire(
             asked = f" (it asked for {', '.join(plan.capabilities)})" if plan.capabilities else ""
             raise SessionError(
                 f"the policy of namespace {target.namespace} refuses the ephemeral agent"
-                f"{asked}: {' '.join(exc.reason.split())}"
+                f"{asked}: {refusal_reason(exc)}"
             ) from None
         return AcquiredAgent(handle, secret, True)
     manifest = agent_job_manifest(
